@@ -1,0 +1,1 @@
+"""Metrics, calibration, statistics and plots."""

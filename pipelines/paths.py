@@ -1,0 +1,92 @@
+"""Every path and store location of the project, defined once.
+
+Stores (MLflow, Optuna) resolve to absolute paths under the *repository root*, so that
+``dvc exp run`` temp copies (``<root>/.dvc/tmp/exps/...``) and subprocesses all write to
+the same stores as a plain ``dvc repro``.
+
+Environment overrides:
+  TIERHPO_ROOT            project root (default: found from this file / the cwd)
+  TIERHPO_STORE_DIR       folder of the default stores (default: <root>/stores)
+  MLFLOW_TRACKING_URI     MLflow tracking store (default: sqlite:///<store_dir>/mlflow.db)
+  TIERHPO_OPTUNA_STORAGE  Optuna storage URL (default: sqlite:///<store_dir>/optuna.db)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_EXP_TEMP = os.sep + os.path.join(".dvc", "tmp", "exps") + os.sep
+
+
+def _outer_root(path: Path) -> Path:
+    """Strip a ``.dvc/tmp/exps/<...>`` temp-copy suffix so experiments share the real root."""
+    text = str(path)
+    cut = text.find(_EXP_TEMP)
+    return Path(text[:cut]) if cut >= 0 else path
+
+
+def project_root() -> Path:
+    """The working copy the pipeline runs in (where params.yaml and dvc.yaml live)."""
+    env = os.environ.get("TIERHPO_ROOT")
+    if env:
+        return Path(env).resolve()
+    cwd = Path.cwd().resolve()
+    for candidate in (cwd, *cwd.parents):
+        if (candidate / "params.yaml").is_file() and (candidate / "dvc.yaml").is_file():
+            return candidate
+    return Path(__file__).resolve().parents[1]
+
+
+def store_dir() -> Path:
+    env = os.environ.get("TIERHPO_STORE_DIR")
+    root = Path(env).resolve() if env else _outer_root(project_root()) / "stores"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def mlflow_tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store_dir() / 'mlflow.db'}"
+
+
+def mlflow_artifact_root() -> str:
+    """Artifact location for experiments created on the default SQLite store."""
+    return (store_dir() / "mlartifacts").as_uri()
+
+
+def optuna_storage_url() -> str:
+    return os.environ.get("TIERHPO_OPTUNA_STORAGE") or f"sqlite:///{store_dir() / 'optuna.db'}"
+
+
+def params_file() -> Path:
+    return project_root() / "params.yaml"
+
+
+def raw_dir() -> Path:
+    return project_root() / "data" / "raw"
+
+
+def tiers_dir() -> Path:
+    return project_root() / "data" / "tiers"
+
+
+def tier_path(symbol: str, tier: str) -> Path:
+    return tiers_dir() / f"{symbol}_{tier}.parquet"
+
+
+def splits_path(symbol: str, tier: str) -> Path:
+    """Sidecar JSON with the split boundaries of one tier dataset (per horizon)."""
+    return tiers_dir() / f"{symbol}_{tier}.splits.json"
+
+
+def results_dir() -> Path:
+    return project_root() / "results"
+
+
+def study_dir(tier: str, budget: str, horizon: int) -> Path:
+    """HPO outputs of one study: best.json, model.pt, metrics.json, trials.csv."""
+    return results_dir() / "hpo" / tier / budget / f"h{horizon}"
+
+
+def reports_dir() -> Path:
+    return project_root() / "reports"

@@ -1,0 +1,1 @@
+"""Data windows, the budget-exact transformer, its trainer and the HPO engine."""
