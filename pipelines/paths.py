@@ -88,5 +88,20 @@ def study_dir(tier: str, budget: str, horizon: int) -> Path:
     return results_dir() / "hpo" / tier / budget / f"h{horizon}"
 
 
+def baselines_dir(tier: str, horizon: int) -> Path:
+    """Baseline outputs: metrics.json (val/* and test/*) and predictions.parquet."""
+    return results_dir() / "baselines" / tier / f"h{horizon}"
+
+
+def cross_budget_dir(tier: str, horizon: int) -> Path:
+    """Cross-budget outputs: matrix.json, heatmap.png, hparams.md."""
+    return results_dir() / "cross_budget" / tier / f"h{horizon}"
+
+
+def promote_dir(tier: str, horizon: int) -> Path:
+    """Promotion outputs: one sub-folder per budget (summary.json, predictions.parquet, reliability.png)."""
+    return results_dir() / "promote" / tier / f"h{horizon}"
+
+
 def reports_dir() -> Path:
     return project_root() / "reports"
