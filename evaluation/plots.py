@@ -1,0 +1,217 @@
+"""Shared PNG plots: reliability diagram, annotated heatmap, scaling plot, coverage heatmap, Optuna history.
+
+Every function draws with matplotlib's Agg backend (no display needed), writes the PNG
+atomically (``pipelines.atomic``: a failed plot never leaves a half-written file), closes the
+figure and returns the path. Optuna's own figures come from ``optuna.visualization.matplotlib``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402  (after selecting the backend)
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from sklearn.calibration import calibration_curve  # noqa: E402
+
+from evaluation.metrics import DEFAULT_ECE_BINS  # noqa: E402
+from pipelines import atomic  # noqa: E402
+
+DPI = 110
+
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG at ``path`` atomically and close it."""
+    try:
+        fig.tight_layout()
+        atomic.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
+    finally:
+        plt.close(fig)
+    return Path(path)
+
+
+def reliability_diagram(
+    y_true: Any,
+    probs: Mapping[str, Any],
+    path: str | Path,
+    *,
+    n_bins: int = DEFAULT_ECE_BINS,
+    strategy: str = "uniform",
+    title: str = "",
+) -> Path:
+    """Observed positive rate against mean predicted probability, one curve per entry of ``probs``
+    (e.g. ``{"raw": p_raw, "calibrated (isotonic)": p_cal}``), over ``n_bins`` bins
+    (``sklearn.calibration.calibration_curve``; ``strategy`` "uniform" matches the ECE bins).
+    The lower panel shows how many predictions fall in each bin."""
+    y = np.asarray(y_true).astype(np.int64).ravel()
+    if not probs:
+        raise ValueError("reliability_diagram needs at least one probability series")
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 6.5), height_ratios=(3, 1), sharex=True)
+    top.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfectly calibrated")
+    edges = np.linspace(0, 1, n_bins + 1)
+    for label, p in probs.items():
+        p = np.asarray(p, dtype=np.float64).ravel()
+        if len(p) != len(y):
+            raise ValueError(f"reliability_diagram: '{label}' has {len(p)} predictions for {len(y)} labels")
+        frac_pos, mean_pred = calibration_curve(y, p, n_bins=n_bins, strategy=strategy)
+        top.plot(mean_pred, frac_pos, marker="o", ms=4, label=label)
+        bottom.hist(p, bins=edges, histtype="step", lw=1.5, label=label)
+    top.set(xlim=(0, 1), ylim=(0, 1), ylabel="observed positive rate", title=title or "Reliability diagram")
+    top.legend(loc="upper left", fontsize="small")
+    top.grid(alpha=0.3)
+    bottom.set(xlabel="mean predicted probability", ylabel="count")
+    bottom.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+def heatmap(
+    values: Any,
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    path: str | Path,
+    *,
+    annotations: Sequence[Sequence[str]] | None = None,
+    fmt: str = "{:.3f}",
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+    cbar_label: str = "",
+    cmap: str = "viridis",
+    vmin: float | None = None,
+    vmax: float | None = None,
+) -> Path:
+    """Annotated heatmap of ``values`` (rows x cols); NaN cells are grey and labelled "n/a".
+
+    ``annotations`` (same shape, strings) replaces the default ``fmt`` text, e.g. "0.712\\n±0.004".
+    """
+    data = np.asarray(values, dtype=np.float64)
+    if data.ndim != 2 or data.shape != (len(row_labels), len(col_labels)):
+        raise ValueError(f"heatmap: values {data.shape} do not match {len(row_labels)} x {len(col_labels)} labels")
+    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * data.shape[1], 1.4 + 0.7 * data.shape[0]))
+    masked = np.ma.masked_invalid(data)
+    colours = matplotlib.colormaps[cmap].with_extremes(bad="lightgrey")
+    image = ax.imshow(masked, cmap=colours, vmin=vmin, vmax=vmax, aspect="auto")
+    cbar = fig.colorbar(image, ax=ax)
+    if cbar_label:
+        cbar.set_label(cbar_label)
+    ax.set_xticks(range(len(col_labels)), labels=[str(c) for c in col_labels], rotation=30, ha="right")
+    ax.set_yticks(range(len(row_labels)), labels=[str(r) for r in row_labels])
+    finite = data[np.isfinite(data)]
+    mid = (finite.min() + finite.max()) / 2 if finite.size else 0.0
+    for i in range(data.shape[0]):
+        for j in range(data.shape[1]):
+            if annotations is not None:
+                text = annotations[i][j]
+            else:
+                text = fmt.format(data[i, j]) if np.isfinite(data[i, j]) else "n/a"
+            dark_cell = np.isfinite(data[i, j]) and data[i, j] < mid
+            ax.text(j, i, text, ha="center", va="center", fontsize="small",
+                    color="white" if dark_cell and cmap == "viridis" else "black")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    return save_figure(fig, path)
+
+
+def scaling_plot(
+    points: Sequence[Mapping[str, Any]],
+    path: str | Path,
+    *,
+    baselines: Mapping[str, Mapping[str, float]] | None = None,
+    power_law: Mapping[str, Any] | None = None,
+    title: str = "",
+    verdict: str = "",
+) -> Path:
+    """Test AUC against real parameter count (log x) with the 95 % interval of each budget.
+
+    ``points``: dicts with ``budget``, ``n_params``, ``auc``, ``lo``, ``hi``. ``baselines``:
+    name -> ``{"auc", "lo", "hi"}``, drawn as horizontal bands. ``power_law``: the fitted
+    ``evaluation.stats.power_law_fit`` result, drawn when ``fitted``.
+    """
+    if not points:
+        raise ValueError("scaling_plot needs at least one budget")
+    pts = sorted(points, key=lambda r: r["n_params"])
+    n = np.array([p["n_params"] for p in pts], dtype=np.float64)
+    auc = np.array([p["auc"] for p in pts])
+    err = np.array([[p["auc"] - p["lo"] for p in pts], [p["hi"] - p["auc"] for p in pts]])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.errorbar(n, auc, yerr=err, fmt="o-", capsize=5, lw=1.5, label="transformer (95 % CI)")
+    for p in pts:
+        ax.annotate(p["budget"], (p["n_params"], p["hi"]), textcoords="offset points", xytext=(0, 5),
+                    ha="center", fontsize="small")
+    for k, (name, b) in enumerate((baselines or {}).items()):
+        colour = f"C{k + 2}"
+        ax.axhline(b["auc"], color=colour, ls="--", lw=1, label=f"{name} (95 % CI)")
+        ax.axhspan(b["lo"], b["hi"], color=colour, alpha=0.12)
+    if power_law and power_law.get("fitted"):
+        grid = np.geomspace(n.min(), n.max(), 100)
+        fit = 0.5 + power_law["a"] * (grid / power_law["n_min"]) ** power_law["b"]
+        ax.plot(grid, fit, color="black", lw=1, ls=":",
+                label=f"power law, b = {power_law['b']:.3f} ± {power_law['b_se']:.3f}")
+    ax.axhline(0.5, color="grey", lw=0.8)
+    ax.set_xscale("log")
+    ax.margins(x=0.12, y=0.15)  # room for the budget labels above the error bars
+    ax.set(xlabel="real parameter count", ylabel="test AUC",
+           title=title + (f"\nverdict: {verdict}" if verdict else ""))
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize="small", loc="best")
+    return save_figure(fig, path)
+
+
+def coverage_heatmap(
+    occupancy: Mapping[str, Sequence[float]],
+    path: str | Path,
+    *,
+    bin_labels: Mapping[str, Sequence[str]] | None = None,
+    title: str = "",
+) -> Path:
+    """Trials per bin for each parameter (rows): empty bins are the regions never explored.
+
+    Parameters can have different bin counts (categoricals); missing cells are blank. Empty
+    bins are drawn in red with a 0, so unexplored regions stand out.
+    """
+    if not occupancy:
+        raise ValueError("coverage_heatmap needs at least one parameter")
+    names = list(occupancy)
+    width = max(len(v) for v in occupancy.values())
+    data = np.full((len(names), width), np.nan)
+    for i, name in enumerate(names):
+        data[i, : len(occupancy[name])] = occupancy[name]
+    fig, ax = plt.subplots(figsize=(2.5 + 0.6 * width, 1.2 + 0.45 * len(names)))
+    colours = matplotlib.colormaps["Blues"].with_extremes(bad="white")
+    shown = np.ma.masked_where(~np.isfinite(data) | (data == 0), data)
+    image = ax.imshow(shown, cmap=colours, aspect="auto", vmin=0)
+    fig.colorbar(image, ax=ax, label="trials in bin")
+    for i, name in enumerate(names):
+        for j, count in enumerate(occupancy[name]):
+            empty = count == 0
+            if empty:
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, color="#f4a3a3"))
+            label = (bin_labels or {}).get(name)
+            text = f"{int(count)}" + (f"\n{label[j]}" if label else "")
+            ax.text(j, i, text, ha="center", va="center", fontsize="x-small",
+                    color="darkred" if empty else "black")
+    ax.set_yticks(range(len(names)), labels=names)
+    ax.set_xticks(range(width), labels=[str(j) for j in range(width)])
+    ax.set(xlabel="bin (low -> high; categoricals in declared order)", title=title or "Coverage")
+    return save_figure(fig, path)
+
+
+def optimization_history(study: Any, path: str | Path, *, title: str = "") -> Path:
+    """``optuna.visualization.matplotlib.plot_optimization_history`` of one study, as a PNG."""
+    import optuna
+    from optuna.visualization.matplotlib import plot_optimization_history
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        ax = plot_optimization_history(study)
+    fig = ax.figure
+    fig.set_size_inches(7, 4.5)
+    if title:
+        ax.set_title(title)
+    return save_figure(fig, path)
