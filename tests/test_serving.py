@@ -1,0 +1,191 @@
+"""The served pyfunc: raw windows in, calibrated probabilities out, in a fresh process and over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow.exceptions import MlflowException
+
+from evaluation.calibration import Calibrator
+from training.model import ModelConfig, PatchTSTClassifier
+from training.serving import WINDOW_ID, ServingSpec, TierHpoPyfunc, model_kwargs
+
+FEATURES = ["ret_1d", "vol_5d", "range_hl"]
+L = 8
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> tuple[ServingSpec, Path, PatchTSTClassifier]:
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_features=3, context_len=L, patch_len=4, d_model=8, n_layers=1, n_heads=2, d_ff=16)
+    net = PatchTSTClassifier(cfg).eval()
+    weights = tmp_path_factory.mktemp("w") / "model.pt"
+    torch.save(net.state_dict(), weights)
+    spec = ServingSpec(
+        model_config=cfg.to_dict(), feature_names=FEATURES, mean=[0.001, 0.02, 1.5], std=[0.01, 0.005, 0.3],
+        context_len=L, calibrator=Calibrator("sigmoid", {"a": -1.7, "b": 0.4}).to_dict(),
+        info={"tier": "a20", "budget": "1K"},
+    )
+    return spec, weights, net
+
+
+def raw_rows(n: int, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({
+        "ret_1d": rng.normal(0.001, 0.01, n), "vol_5d": rng.normal(0.02, 0.005, n), "range_hl": rng.normal(1.5, 0.3, n),
+    })
+
+
+def expected(spec: ServingSpec, net: PatchTSTClassifier, windows: np.ndarray) -> np.ndarray:
+    """Independent reference: standardise, run the network, apply Platt by its formula."""
+    x = (windows - np.array(spec.mean)) / np.array(spec.std)
+    with torch.no_grad():
+        z = net(torch.tensor(x, dtype=torch.float32)).double().numpy()
+    a, b = spec.calibrator["params"]["a"], spec.calibrator["params"]["b"]
+    return 1 / (1 + np.exp(a * z + b))
+
+
+@pytest.fixture(scope="module")
+def saved_model(tiny_model, tmp_path_factory) -> Path:
+    spec, weights, _ = tiny_model
+    work = tmp_path_factory.mktemp("saved")
+    path = work / "model"
+    mlflow.pyfunc.save_model(str(path), **model_kwargs(spec, weights, work / "staging"))
+    return path
+
+
+def test_one_window_and_a_batch_of_windows(tiny_model, saved_model):
+    spec, _, net = tiny_model
+    model = mlflow.pyfunc.load_model(str(saved_model))
+    one = raw_rows(L)
+    p_one = np.asarray(model.predict(one))
+    np.testing.assert_allclose(p_one, expected(spec, net, one.to_numpy()[None]), rtol=1e-5)
+
+    batch = pd.concat([raw_rows(L, seed=s).assign(**{WINDOW_ID: s}) for s in (7, 3, 5)], ignore_index=True)
+    p = np.asarray(model.predict(batch))
+    ref = expected(spec, net, np.stack([raw_rows(L, seed=s).to_numpy() for s in (7, 3, 5)]))
+    np.testing.assert_allclose(p, ref, rtol=1e-5)
+    assert p.shape == (3,) and np.all((p >= 0) & (p <= 1))
+
+
+def test_numpy_windows_give_the_same_answer(tiny_model, saved_model):
+    spec, weights, net = tiny_model
+    model = TierHpoPyfunc()
+    model.load(saved_model / "artifacts" / "spec.json", weights)
+    windows = np.stack([raw_rows(L, seed=s).to_numpy() for s in range(4)])
+    np.testing.assert_allclose(model.predict(None, windows), expected(spec, net, windows), rtol=1e-5)
+
+
+def test_bad_windows_are_refused_clearly(saved_model):
+    model = mlflow.pyfunc.load_model(str(saved_model))
+    with pytest.raises(MlflowException, match="exactly context_len=8 rows"):
+        model.predict(raw_rows(L + 1))
+    bad = raw_rows(L)
+    bad.loc[2, "vol_5d"] = np.nan
+    with pytest.raises(MlflowException, match="finite"):
+        model.predict(bad)
+    with pytest.raises(MlflowException):
+        model.predict(raw_rows(L).drop(columns=["range_hl"]))
+
+
+def test_model_loads_from_code_without_pickles(saved_model):
+    files = [p.name for p in saved_model.rglob("*") if p.is_file()]
+    assert not [f for f in files if f.endswith((".pkl", ".pickle", ".cloudpickle"))], files
+    mlmodel = (saved_model / "MLmodel").read_text()
+    assert "model_code_path" in mlmodel and "python_model.pkl" not in mlmodel
+
+
+def test_loads_and_predicts_in_a_new_process(tiny_model, saved_model, tmp_path):
+    spec, _, net = tiny_model
+    rows = raw_rows(L, seed=11)
+    rows.to_json(tmp_path / "in.json", orient="split")
+    code = (
+        "import sys, json, pandas as pd, mlflow\n"
+        "m = mlflow.pyfunc.load_model(sys.argv[1])\n"
+        "df = pd.read_json(sys.argv[2], orient='split')\n"
+        "print(json.dumps([float(v) for v in m.predict(df)]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", code, str(saved_model), str(tmp_path / "in.json")],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    p = json.loads(out.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(p, expected(spec, net, rows.to_numpy()[None]), rtol=1e-5)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post_json(url: str, payload: dict, timeout: float = 10) -> dict:
+    req = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+@pytest.mark.slow
+def test_registered_model_is_served_over_http(tiny_model, tmp_path):
+    """`mlflow models serve models:/...@champion --env-manager local` answers /invocations."""
+    spec, weights, net = tiny_model
+    client = mlflow.MlflowClient()
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(name="model", **model_kwargs(spec, weights, tmp_path / "staging"))
+    version = mlflow.register_model(info.model_uri, "tierhpo-a20-h1-1K")
+    client.set_registered_model_alias("tierhpo-a20-h1-1K", "champion", version.version)
+
+    port = free_port()
+    venv_bin = Path(sys.executable).parent  # `mlflow models serve` execs `uvicorn` from PATH
+    env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
+           "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    log = (tmp_path / "serve.log").open("w")
+    server = subprocess.Popen(
+        [str(venv_bin / "mlflow"), "models", "serve", "-m", "models:/tierhpo-a20-h1-1K@champion", "--env-manager", "local",
+         "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=log,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            assert time.monotonic() < deadline, "server did not come up: " + (tmp_path / "serve.log").read_text()[-3000:]
+            time.sleep(1)
+        batch = pd.concat([raw_rows(L, seed=s).assign(**{WINDOW_ID: s}) for s in range(3)], ignore_index=True)
+        answer = post_json(f"http://127.0.0.1:{port}/invocations", {"dataframe_split": batch.to_dict(orient="split")})
+        p = np.asarray(answer["predictions"], dtype=np.float64)
+        assert p.shape == (3,) and np.all((p >= 0) & (p <= 1))
+        ref = expected(spec, net, np.stack([raw_rows(L, seed=s).to_numpy() for s in range(3)]))
+        np.testing.assert_allclose(p, ref, rtol=1e-5)
+        with pytest.raises(urllib.error.HTTPError) as bad:  # a short window is a client error, not a crash
+            post_json(f"http://127.0.0.1:{port}/invocations", {"dataframe_split": raw_rows(3).to_dict(orient="split")})
+        assert bad.value.code == 400
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=20)
+        log.close()
