@@ -21,6 +21,7 @@ import torch
 from mlflow.exceptions import MlflowException
 
 from evaluation.calibration import Calibrator
+from pipelines import paths
 from training.model import ModelConfig, PatchTSTClassifier
 from training.serving import WINDOW_ID, ServingSpec, TierHpoPyfunc, model_kwargs
 
@@ -144,7 +145,9 @@ def test_registered_model_is_served_over_http(tiny_model, tmp_path):
     """`mlflow models serve models:/...@champion --env-manager local` answers /invocations."""
     spec, weights, net = tiny_model
     client = mlflow.MlflowClient()
-    with mlflow.start_run():
+    # An explicit artifact location: the SQLite store's default would be ./mlruns in the cwd.
+    experiment = client.create_experiment("serving-test", artifact_location=paths.mlflow_artifact_root())
+    with mlflow.start_run(experiment_id=experiment):
         info = mlflow.pyfunc.log_model(name="model", **model_kwargs(spec, weights, tmp_path / "staging"))
     version = mlflow.register_model(info.model_uri, "tierhpo-a20-h1-1K")
     client.set_registered_model_alias("tierhpo-a20-h1-1K", "champion", version.version)

@@ -1,0 +1,493 @@
+"""``tierhpo cross-budget``: do one budget's best hyperparameters transfer to the other budgets?
+
+For one tier and horizon, the best trial of every budget's study (``best.json``) is retrained at
+every other budget: its structure (depth, heads, FFN ratio, patch length) is kept, the width is
+re-solved by ``training.budget.solve`` for the target budget, and its training hyperparameters
+(lr, weight decay, dropout, batch size, ...) are kept. A structure with no width inside the
+budget's tolerance is reported as an *infeasible* cell, never trained.
+
+Seeds. Each cell is trained with ``seeds`` seeds: the study's own training seed and the ones
+after it. The diagonal cell (a budget's hyperparameters at its own budget) *reuses* the study's
+result for the study's seed (same config and seed: the trainer is deterministic) and trains only
+the extra seeds, so the diagonal has the same number of seeds as every other cell.
+
+Transfer verdict (rule written here because it is the definition the issue asks for, not an
+estimator a library provides). Cell ``(s, t)`` holds the validation AUC of budget ``s``'s
+hyperparameters trained at budget ``t``. It is compared with the diagonal ``(t, t)``, the
+target budget's own best: the gap ``mean(s, t) - mean(t, t)`` is *within noise* when
+``|gap| <= max(noise_z * sd(t, t), min_noise)``, where ``sd(t, t)`` is the seed-to-seed standard
+deviation of the diagonal (ddof=1) and ``min_noise`` a floor for when seeds agree by chance.
+Below the band it is *worse*, above it *better*. Budget ``s``'s hyperparameters *transfer* when
+none of its feasible cells is worse; with no feasible off-diagonal cell the verdict is
+``inconclusive``.
+
+``--dry-run`` prints the plan (cells, solved configs, seeds to train, estimated cost from the
+studies' recorded trial durations) and trains and writes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import typer
+
+from pipelines import atomic, config, paths, provenance
+from pipelines.errors import TierHpoError
+
+STAGE = "cross-budget"
+METRIC = "val/auc"
+app = typer.Typer(add_completion=False)
+
+
+@dataclass
+class CrossBudgetConfig:
+    """``params.yaml`` section ``cross_budget``."""
+
+    seeds: int = 3  # seeds per cell, the study's own seed first
+    noise_z: float = 2.0  # band = noise_z x the diagonal's seed-to-seed std
+    min_noise: float = 0.002  # AUC floor of the band
+    budgets: list[str] = field(default_factory=list)  # empty = the hpo section's budgets
+
+    def __post_init__(self) -> None:
+        if self.seeds < 1:
+            raise TierHpoError(f"cross_budget.seeds must be >= 1, got {self.seeds}")
+        if self.noise_z < 0 or self.min_noise < 0:
+            raise TierHpoError("cross_budget.noise_z and cross_budget.min_noise must be >= 0")
+
+
+# ---------------------------------------------------------------------------- the studies' results
+
+
+@dataclass(frozen=True)
+class Study:
+    """One finished HPO study as ``best.json`` describes it (see docs/architecture.md)."""
+
+    tier: str
+    budget: str
+    horizon: int
+    directory: Path
+    best: dict[str, Any]
+
+    @property
+    def weights_path(self) -> Path:
+        return self.directory / "model.pt"
+
+    @property
+    def val_auc(self) -> float:
+        return float(self.best["metrics"][METRIC])
+
+    def model_config(self):
+        from training.model import ModelConfig
+
+        return ModelConfig.from_dict(self.best["model_config"])
+
+    def train_config(self):
+        from training.trainer import TrainConfig
+
+        return TrainConfig.from_dict(self.best["train_config"])
+
+    def state_dict(self) -> dict[str, Any]:
+        import torch
+
+        if not self.weights_path.is_file():
+            raise TierHpoError(f"{self.weights_path} is missing; rerun: tierhpo hpo --tier {self.tier} "
+                               f"--budget {self.budget} --horizon {self.horizon}")
+        return torch.load(self.weights_path, map_location="cpu", weights_only=True)
+
+
+_BEST_KEYS = ("study_name", "trial_number", "mlflow_run_id", "experiment_id", "params", "model_config",
+              "train_config", "n_params", "metrics")
+
+
+def read_study(tier: str, budget: str, horizon: int) -> Study:
+    """The study of ``(tier, budget, horizon)``; a missing or incomplete ``best.json`` is a one-line error."""
+    directory = paths.study_dir(tier, budget, horizon)
+    path = directory / "best.json"
+    hint = f"run: tierhpo hpo --tier {tier} --budget {budget} --horizon {horizon}"
+    if not path.is_file():
+        raise TierHpoError(f"no finished study for {tier} {budget} h{horizon} ({path} is missing); {hint}")
+    try:
+        best = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise TierHpoError(f"{path} is not valid JSON ({exc.msg}); {hint}") from exc
+    missing = [k for k in _BEST_KEYS if k not in best]
+    if missing or METRIC not in best.get("metrics", {}):
+        raise TierHpoError(f"{path} lacks {missing or [f'metrics.{METRIC}']}; it was not written by tierhpo hpo; {hint}")
+    return Study(tier, budget, horizon, directory, best)
+
+
+def resolve_budgets(budgets: list[str] | None) -> list[str]:
+    """Budgets in ascending size: the given ones, else the ``hpo`` section's list (the one place they are declared)."""
+    from training.budget import parse_budget
+
+    if not budgets:
+        hpo = config.load_params().get("hpo") or {}
+        budgets = hpo.get("budgets") or []
+        if not budgets:
+            raise TierHpoError("no budgets: pass --budgets 2M,20M or declare hpo.budgets in params.yaml")
+    budgets = [str(b).strip() for b in budgets]
+    if len(set(map(parse_budget, budgets))) != len(budgets):
+        raise TierHpoError(f"budgets must be distinct, got {budgets}")
+    return sorted(budgets, key=parse_budget)
+
+
+def solver_rules() -> dict[str, Any]:
+    """The budget solver's tolerance and minimum head width, from the ``model`` section (as the HPO used them)."""
+    from training.budget import ModelParams
+
+    params = config.load_params()
+    model = config.build(ModelParams, params["model"], where="model") if params.get("model") else ModelParams()
+    return {"tolerance": model.budget_tolerance, "min_head_dim": model.min_head_dim}
+
+
+# ---------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class Cell:
+    source: str  # whose hyperparameters
+    target: str  # at which budget
+    model_config: Any | None  # training.model.ModelConfig, None = infeasible
+    n_params: int | None
+    seeds: list[int]
+    reused: dict[int, float]  # seed -> val/auc taken from the study (diagonal only)
+    est_seconds_per_run: float | None = None
+    val_auc: dict[int, float] = field(default_factory=dict)  # seed -> val/auc (filled by training)
+
+    @property
+    def feasible(self) -> bool:
+        return self.model_config is not None
+
+    @property
+    def to_train(self) -> list[int]:
+        return [s for s in self.seeds if s not in self.reused] if self.feasible else []
+
+
+def architecture_of(study: Study):
+    """The searched structure of the study's best model (what is kept when the budget changes)."""
+    from training.budget import Architecture
+
+    cfg = study.model_config()
+    ratio = study.best["params"].get("d_ff_ratio", cfg.d_ff / cfg.d_model)
+    return Architecture(n_layers=cfg.n_layers, n_heads=cfg.n_heads, d_ff_ratio=float(ratio), patch_len=cfg.patch_len,
+                        stride=cfg.stride, channel_independent=cfg.channel_independent, norm=cfg.norm)
+
+
+def plan(studies: dict[str, Study], cfg: CrossBudgetConfig, rules: dict[str, Any]) -> list[Cell]:
+    """Every (source, target) cell with its solved config, seeds and estimated cost; trains nothing."""
+    from training.budget import count_params, solve
+
+    first = next(iter(studies.values())).model_config()
+    durations = {b: recorded_trial_seconds(s) for b, s in studies.items()}
+    cells = []
+    for source, study in studies.items():
+        arch, src_cfg = architecture_of(study), study.model_config()
+        if (src_cfg.n_features, src_cfg.context_len) != (first.n_features, first.context_len):
+            raise TierHpoError(f"studies of {study.tier} h{study.horizon} disagree on features/context_len; rerun them")
+        base_seed = study.train_config().seed
+        seeds = [base_seed + i for i in range(cfg.seeds)]
+        for target in studies:
+            if target == source:
+                model_cfg, reused = src_cfg, {base_seed: study.val_auc}
+            else:
+                model_cfg = solve(arch, target, src_cfg.n_features, src_cfg.context_len, dropout=src_cfg.dropout,
+                                  **rules)
+                reused = {}
+            n_params = count_params(model_cfg) if model_cfg is not None else None
+            cells.append(Cell(source, target, model_cfg, n_params, seeds, reused, durations[target]))
+    return cells
+
+
+def recorded_trial_seconds(study: Study) -> float | None:
+    """Median wall time of the study's finished trials (``trials.csv``, else its MLflow child runs)."""
+    trials = study.directory / "trials.csv"
+    if trials.is_file():
+        frame = pd.read_csv(trials)
+        if "duration" in frame.columns:
+            done = frame[frame["state"] == "COMPLETE"] if "state" in frame.columns else frame
+            seconds = pd.to_timedelta(done["duration"], errors="coerce").dt.total_seconds().dropna()
+            if len(seconds):
+                return float(seconds.median())
+    return _mlflow_trial_seconds(study)
+
+
+def _mlflow_trial_seconds(study: Study) -> float | None:
+    import mlflow
+
+    parent = study.best.get("parent_run_id")
+    if not parent:
+        return None
+    try:
+        runs = mlflow.MlflowClient(paths.mlflow_tracking_uri()).search_runs(
+            [str(study.best["experiment_id"])],
+            filter_string=f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'FINISHED'",
+            max_results=1000,
+        )
+    except Exception:  # an estimate only: an unreachable store must not break a dry run
+        return None
+    seconds = [(r.info.end_time - r.info.start_time) / 1000 for r in runs if r.info.end_time and r.info.start_time]
+    return float(statistics.median(seconds)) if seconds else None
+
+
+def format_plan(cells: list[Cell], tier: str, horizon: int) -> str:
+    from training.budget import format_budget
+
+    lines = [f"cross-budget plan for {tier} h{horizon}: rows = whose hyperparameters, columns = trained at budget"]
+    total_runs, total_seconds, unknown = 0, 0.0, False
+    for c in cells:
+        head = f"  {c.source:>6} hp @ {c.target:<6}"
+        if not c.feasible:
+            lines.append(f"{head} infeasible: no width within the budget tolerance for this structure")
+            continue
+        m = c.model_config
+        shape = (f"d_model={m.d_model} n_layers={m.n_layers} n_heads={m.n_heads} d_ff={m.d_ff} patch_len={m.patch_len} "
+                 f"params={format_budget(c.n_params)} ({c.n_params:,})")
+        runs = len(c.to_train)
+        total_runs += runs
+        if c.est_seconds_per_run is None:
+            cost, unknown = "cost unknown (no recorded trial times)", unknown or runs > 0
+        else:
+            total_seconds += runs * c.est_seconds_per_run
+            cost = f"~{runs * c.est_seconds_per_run:.0f}s ({runs} x {c.est_seconds_per_run:.1f}s per trial)"
+        reuse = f", reuses the study's seed {sorted(c.reused)}" if c.reused else ""
+        lines.append(f"{head} {shape}; train seeds {c.to_train}{reuse}; {cost}")
+    est = f"~{total_seconds / 60:.1f} min" + (" + cells without recorded times" if unknown else "")
+    lines.append(f"  total: {total_runs} training runs, estimated {est}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- training and verdicts
+
+
+def train_cells(cells: list[Cell], studies: dict[str, Study], data: Any, on_run: Any = None) -> None:
+    """Train every cell's missing seeds on ``data`` and fill ``cell.val_auc``; ``on_run(cell, seed, result)``."""
+    from training.trainer import train
+
+    for cell in cells:
+        cell.val_auc = dict(cell.reused)
+        base = dataclasses.replace(studies[cell.source].train_config(), progress=False)
+        for seed in cell.to_train:
+            result = train(cell.model_config, dataclasses.replace(base, seed=seed), data)
+            if on_run is not None:
+                on_run(cell, seed, result)
+            auc = result.val_metrics.get(METRIC, math.nan) if result.ok else math.nan
+            cell.val_auc[seed] = float(auc)
+
+
+def summarise(cells: list[Cell], budgets: list[str], cfg: CrossBudgetConfig) -> dict[str, Any]:
+    """Mean/std matrices, per-cell verdicts against the diagonal and a transfer verdict per budget."""
+    by = {(c.source, c.target): c for c in cells}
+    stats = {}
+    for key, c in by.items():
+        values = [v for v in c.val_auc.values() if math.isfinite(v)]
+        stats[key] = {
+            "mean": float(np.mean(values)) if values else None,
+            "std": float(np.std(values, ddof=1)) if len(values) > 1 else (0.0 if values else None),
+            "n": len(values),
+        }
+    out_cells, verdicts = [], {}
+    for s in budgets:
+        worse, better, within, infeasible, failed = [], [], [], [], []
+        for t in budgets:
+            c, st, diag = by[(s, t)], stats[(s, t)], stats[(t, t)]
+            entry = {
+                "source": s, "target": t, "feasible": c.feasible, "n_params": c.n_params,
+                "model_config": dataclasses.asdict(c.model_config) if c.feasible else None,
+                "seeds": c.seeds if c.feasible else [], "reused_seeds": sorted(c.reused),
+                "val_auc": {str(k): v for k, v in sorted(c.val_auc.items())}, **st,
+            }
+            if not c.feasible:
+                entry["verdict"] = "infeasible"
+                if s != t:
+                    infeasible.append(t)
+            elif st["mean"] is None or diag["mean"] is None:
+                entry["verdict"] = "failed"
+                failed.append(t)
+            elif s == t:
+                entry["verdict"] = "diagonal"
+            else:
+                band = max(cfg.noise_z * diag["std"], cfg.min_noise)
+                gap = st["mean"] - diag["mean"]
+                entry.update(gap=gap, band=band)
+                entry["verdict"] = "worse" if gap < -band else "better" if gap > band else "within noise"
+                {"worse": worse, "better": better, "within noise": within}[entry["verdict"]].append(t)
+            out_cells.append(entry)
+        compared = worse + better + within
+        transfers = None if not compared else not worse
+        text = ("inconclusive: no feasible off-diagonal cell" if transfers is None
+                else f"transfers (within noise at {within or '-'}, better at {better or '-'})" if transfers
+                else f"does not transfer: worse beyond noise at {worse}")
+        if infeasible:
+            text += f"; infeasible at {infeasible}"
+        if failed:
+            text += f"; failed at {failed}"
+        verdicts[s] = {"transfers": transfers, "summary": text, "worse": worse, "better": better,
+                       "within_noise": within, "infeasible": infeasible, "failed": failed}
+    matrix = {k: [[stats[(s, t)][k] for t in budgets] for s in budgets] for k in ("mean", "std", "n")}
+    return {"cells": out_cells, "transfer": verdicts, **matrix}
+
+
+def hparams_table(studies: dict[str, Study]) -> pd.DataFrame:
+    """The best hyperparameters side by side: one row per hyperparameter, one column per budget."""
+    rows: dict[str, dict[str, Any]] = {}
+    for budget, study in studies.items():
+        cfg = study.model_config()
+        values = {**study.best["params"], "d_model (solved)": cfg.d_model, "d_ff (solved)": cfg.d_ff,
+                  "n_params": study.best["n_params"], METRIC: study.val_auc, "trial": study.best["trial_number"]}
+        for name, value in values.items():
+            rows.setdefault(name, {})[budget] = value
+    table = pd.DataFrame.from_dict(rows, orient="index")[list(studies)]
+    table.index.name = "hyperparameter"
+    return table
+
+
+# ---------------------------------------------------------------------------- outputs
+
+
+def matrix_document(tier: str, horizon: int, budgets: list[str], cells: list[Cell], studies: dict[str, Study],
+                    cfg: CrossBudgetConfig, summary: dict[str, Any]) -> dict[str, Any]:
+    table = hparams_table(studies)
+    return {
+        "tier": tier, "horizon": horizon, "metric": METRIC, "budgets": budgets,
+        "rows": "whose best hyperparameters (source budget)", "columns": "budget they were trained at (target)",
+        "n_seeds": cfg.seeds,
+        "diagonal": "reuses each study's best trial for the study's seed; the other seeds are trained",
+        "noise_rule": (f"off-diagonal within noise when |mean(s,t) - mean(t,t)| <= max({cfg.noise_z:g} x "
+                       f"std(t,t), {cfg.min_noise:g}); std over seeds, ddof=1"),
+        "studies": {b: {"study_name": s.best["study_name"], "trial_number": s.best["trial_number"],
+                        "mlflow_run_id": s.best["mlflow_run_id"]} for b, s in studies.items()},
+        "best_hyperparameters": json.loads(table.to_json(orient="columns")),
+        **summary,
+        **provenance.run_tags(),
+    }
+
+
+def dvc_metrics(doc: dict[str, Any]) -> dict[str, Any]:
+    """Numbers only (what ``dvc metrics show`` tabulates): mean val AUC per cell and the transfer flags."""
+    budgets = doc["budgets"]
+    mean = {f"{s}_hp": {f"at_{t}": doc["mean"][i][j] for j, t in enumerate(budgets)}
+            for i, s in enumerate(budgets)}
+    transfers = {s: (None if v["transfers"] is None else int(v["transfers"])) for s, v in doc["transfer"].items()}
+    return {METRIC: mean, "transfers": transfers}
+
+
+def write_outputs(directory: Path, doc: dict[str, Any], table: pd.DataFrame) -> None:
+    from evaluation.plots import heatmap
+
+    budgets = doc["budgets"]
+    by = {(c["source"], c["target"]): c for c in doc["cells"]}
+    notes = []
+    for s in budgets:
+        row = []
+        for t in budgets:
+            c = by[(s, t)]
+            if c["verdict"] == "infeasible":
+                row.append("infeasible")
+            elif c["mean"] is None:
+                row.append("failed")
+            else:
+                mark = {"worse": " (worse)", "better": " (better)", "diagonal": " (own)"}.get(c["verdict"], "")
+                row.append(f"{c['mean']:.3f}\n±{c['std']:.3f}{mark}")
+        notes.append(row)
+    values = np.array([[np.nan if v is None else v for v in row] for row in doc["mean"]], dtype=float)
+    heatmap(values, [f"{b} hp" for b in budgets], [f"at {b}" for b in budgets], directory / "heatmap.png",
+            annotations=notes, title=f"{doc['tier']} h{doc['horizon']}: val AUC, mean ± sd over seeds",
+            xlabel="trained at budget", ylabel="best hyperparameters of", cbar_label="val AUC")
+    atomic.write_json(directory / "matrix.json", doc)
+    atomic.write_json(directory / "metrics.json", dvc_metrics(doc))
+    verdicts = "\n".join(f"- **{b}**: {v['summary']}" for b, v in doc["transfer"].items())
+    atomic.write_text(directory / "hparams.md", (
+        f"# Best hyperparameters across budgets ({doc['tier']}, h{doc['horizon']})\n\n"
+        f"{table.to_markdown()}\n\n## Transfer verdicts\n\n{verdicts}\n\n{doc['noise_rule']}\n"))
+
+
+# ---------------------------------------------------------------------------- MLflow
+
+
+def stage_run_tags(stage: str, extra: dict[str, str]) -> dict[str, str]:
+    """Tags of a stage's MLflow run; nested under ``MLFLOW_RUN_ID`` when ``mlflow run`` started us."""
+    tags = {"stage": stage, **provenance.run_tags(), **extra}
+    parent = os.environ.get("MLFLOW_RUN_ID")
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    return tags
+
+
+def run_cross_budget(tier: str, horizon: int, budgets: list[str], cfg: CrossBudgetConfig, data: Any) -> dict[str, Any]:
+    """Train, summarise, log to MLflow under a ``cross-budget`` run and write the outputs atomically."""
+    import mlflow
+
+    studies = {b: read_study(tier, b, horizon) for b in budgets}
+    cells = plan(studies, cfg, solver_rules())
+    client = mlflow.MlflowClient(paths.mlflow_tracking_uri())
+    mlflow.set_tracking_uri(paths.mlflow_tracking_uri())
+    experiment_id = str(studies[budgets[0]].best["experiment_id"])
+    tags = stage_run_tags(STAGE, {"tier": tier, "horizon": str(horizon), "budgets": ",".join(budgets)})
+    run = client.create_run(experiment_id, run_name=STAGE, tags=tags)
+    with mlflow.start_run(run_id=run.info.run_id):
+        mlflow.log_params({"seeds": cfg.seeds, "noise_z": cfg.noise_z, "min_noise": cfg.min_noise,
+                           "budgets": ",".join(budgets)})
+
+        def log_cell(cell: Cell, seed: int, result: Any) -> None:
+            with mlflow.start_run(run_name=f"{cell.source}-hp-at-{cell.target}-seed{seed}", nested=True,
+                                  experiment_id=experiment_id,
+                                  tags={"source_budget": cell.source, "target_budget": cell.target,
+                                        "seed": str(seed), "train_status": result.status, **provenance.run_tags()}):
+                mlflow.log_params({**{f"model.{k}": v for k, v in dataclasses.asdict(cell.model_config).items()},
+                                   "n_params": result.n_params, "seed": seed})
+                for step in result.history:
+                    mlflow.log_metrics({k: v for k, v in step.items() if k.startswith("val/")}, step=int(step["epoch"]))
+                mlflow.log_metrics({k: v for k, v in result.val_metrics.items() if math.isfinite(v)})
+
+        train_cells(cells, studies, data, on_run=log_cell)
+        doc = matrix_document(tier, horizon, budgets, cells, studies, cfg, summarise(cells, budgets, cfg))
+        doc["mlflow_run_id"] = run.info.run_id
+        for cell in doc["cells"]:
+            if cell["mean"] is not None:
+                mlflow.log_metric(f"{METRIC}_{cell['source']}_hp_at_{cell['target']}", cell["mean"])
+        for budget, verdict in doc["transfer"].items():
+            mlflow.set_tag(f"transfers.{budget}", verdict["summary"])
+        table = hparams_table(studies)
+        with atomic.atomic_path(paths.cross_budget_dir(tier, horizon)) as tmp:
+            tmp.mkdir()
+            write_outputs(tmp, doc, table)
+            mlflow.log_artifacts(str(tmp), artifact_path=STAGE)
+    return doc
+
+
+@app.command()
+def main(
+    tier: str = typer.Option(..., help="Feature tier, e.g. a50."),
+    horizon: int = typer.Option(..., help="Prediction horizon in days."),
+    budgets: str = typer.Option(None, help="Comma-separated budgets (default: cross_budget.budgets, else hpo.budgets)."),
+    seeds: int = typer.Option(None, help="Seeds per cell (default: cross_budget.seeds)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and estimated cost; train and write nothing."),
+) -> None:
+    """Retrain each budget's best hyperparameters at every other budget and judge whether they transfer."""
+    from training.dataset import check_tier, load_data_config, load_tier
+
+    check_tier(tier)
+    cfg = config.load(CrossBudgetConfig, "cross_budget", seeds=seeds)
+    chosen = resolve_budgets(budgets.split(",") if budgets else cfg.budgets)
+    if len(chosen) < 2:
+        raise TierHpoError(f"cross-budget needs at least two budgets, got {chosen}")
+    if dry_run:
+        studies = {b: read_study(tier, b, horizon) for b in chosen}
+        typer.echo(format_plan(plan(studies, cfg, solver_rules()), tier, horizon))
+        return
+    data_cfg = load_data_config()
+    context_len = read_study(tier, chosen[0], horizon).model_config().context_len
+    data = load_tier(data_cfg.symbol, tier, horizon, context_len)
+    doc = run_cross_budget(tier, horizon, chosen, cfg, data)
+    for budget, verdict in doc["transfer"].items():
+        typer.echo(f"{budget}: {verdict['summary']}")
+    typer.echo(f"wrote {paths.cross_budget_dir(tier, horizon)}")

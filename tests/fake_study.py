@@ -1,0 +1,119 @@
+"""A small but real finished study, as ``tierhpo hpo`` leaves it, for the promotion tests.
+
+The model is trained by the real trainer on a synthetic tier; ``best.json``/``model.pt``/
+``trials.csv`` follow docs/architecture.md, and the study's parent and best-trial runs exist in
+the (per-test) MLflow store. Only the search itself is skipped: one trial is "the best".
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+import torch
+import yaml
+
+from pipelines import paths
+from training.budget import Architecture, count_params, parse_budget, solve
+from training.dataset import TierData
+from training.synthetic import synthetic_tier
+from training.trainer import TrainConfig, train
+
+TIER, HORIZON = "a50", 1
+
+
+def point_at(root: Path, monkeypatch: Any) -> None:
+    """Use the MLflow/Optuna stores under ``root`` (shared by the tests of one module)."""
+    stores = root / "stores"
+    stores.mkdir(parents=True, exist_ok=True)
+    monkeypatch.setenv("TIERHPO_STORE_DIR", str(stores))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{stores / 'mlflow.db'}")
+    monkeypatch.setenv("TIERHPO_OPTUNA_STORAGE", f"sqlite:///{stores / 'optuna.db'}")
+
+
+def tiny_tier(seed: int = 0) -> TierData:
+    return synthetic_tier(n_days=1500, n_features=6, context_len=16, horizon=HORIZON, seed=seed, tier=TIER)
+
+
+def project(root: Path, monkeypatch: Any, sections: dict[str, Any]) -> Path:
+    """A throwaway project root (params.yaml + results/) that ``pipelines.paths`` resolves to."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "params.yaml").write_text(yaml.safe_dump({
+        "data": {"symbol": "SYN", "tiers": [TIER], "horizons": [HORIZON], "context_len": 16}, **sections,
+    }))
+    (root / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.setenv("TIERHPO_ROOT", str(root))
+    return root
+
+
+def experiment_id(tier: str = TIER) -> str:
+    client = mlflow.MlflowClient(paths.mlflow_tracking_uri())
+    found = client.get_experiment_by_name(f"tierhpo-{tier}")
+    if found:
+        return found.experiment_id
+    return client.create_experiment(f"tierhpo-{tier}", artifact_location=paths.mlflow_artifact_root())
+
+
+def make_study(
+    data: TierData,
+    budget: str,
+    arch: Architecture,
+    *,
+    lr: float = 3e-3,
+    dropout: float = 0.1,
+    seed: int = 0,
+    epochs: int = 2,
+    trial_number: int = 3,
+    study_name: str | None = None,
+    state_dict_hook: Any = None,
+) -> dict[str, Any]:
+    """Train the study's "best trial" and write its study dir; returns ``best.json``'s content.
+
+    ``state_dict_hook(state_dict) -> state_dict`` can break the model on purpose (e.g. collapse it).
+    """
+    model_cfg = solve(arch, budget, data.n_features, data.context_len, dropout=dropout)
+    assert model_cfg is not None, f"{arch} is infeasible at {budget}"
+    train_cfg = TrainConfig(lr=lr, batch_size=64, max_epochs=epochs, patience=epochs, seed=seed, progress=False)
+    result = train(model_cfg, train_cfg, data)
+    state = result.state_dict if state_dict_hook is None else state_dict_hook(result.state_dict)
+    metrics = result.val_metrics
+    if state_dict_hook is not None:  # the recorded metrics must describe the weights we save
+        from evaluation.metrics import classification_metrics
+        from training.trainer import predict_proba
+
+        metrics = classification_metrics(data.labels_of("val"), predict_proba(model_cfg, state, data, "val", device="cpu"),
+                                         "val", data.base_rate)
+
+    exp = experiment_id(data.tier)
+    client = mlflow.MlflowClient(paths.mlflow_tracking_uri())
+    name = study_name or f"{data.tier}-{budget}-h{data.horizon}-fake{seed}"
+    parent = client.create_run(exp, run_name=name, tags={"tier": data.tier, "budget": budget})
+    child = client.create_run(exp, run_name=f"trial-{trial_number}",
+                              tags={"mlflow.parentRunId": parent.info.run_id, "trial_number": str(trial_number)})
+    for key, value in metrics.items():
+        client.log_metric(child.info.run_id, key, value)
+    client.set_terminated(child.info.run_id, "FINISHED")
+    client.set_terminated(parent.info.run_id, "FINISHED")
+
+    best = {
+        "study_name": name, "storage": "sqlite:///fake", "tier": data.tier, "budget": budget,
+        "budget_params": parse_budget(budget), "horizon": data.horizon, "seed": seed,
+        "trial_number": trial_number, "mlflow_run_id": child.info.run_id, "parent_run_id": parent.info.run_id,
+        "experiment_id": exp,
+        "params": {"lr": lr, "dropout": dropout, "n_layers": arch.n_layers, "n_heads": arch.n_heads,
+                   "d_ff_ratio": arch.d_ff_ratio, "patch_len": arch.patch_len, "batch_size": 64},
+        "model_config": model_cfg.to_dict(), "train_config": train_cfg.to_dict(),
+        "n_params": count_params(model_cfg), "metrics": metrics,
+        "data_version": "fake-data", "git_commit": "fake-commit",
+    }
+    directory = paths.study_dir(data.tier, budget, data.horizon)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "best.json").write_text(json.dumps(best, indent=2))
+    torch.save(state, directory / "model.pt")
+    pd.DataFrame({"number": [0, 1, 2, trial_number], "state": ["COMPLETE", "PRUNED", "COMPLETE", "COMPLETE"],
+                  "duration": ["0 days 00:00:02", "0 days 00:00:00.5", "0 days 00:00:04", "0 days 00:00:03"]}
+                 ).to_csv(directory / "trials.csv", index=False)
+    return best

@@ -1,0 +1,160 @@
+"""Cross-budget validation on two tiny real studies: plan, dry run, matrix, verdicts, MLflow run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import mlflow
+import pytest
+from fake_study import HORIZON, TIER, make_study, point_at, project, tiny_tier
+from typer.testing import CliRunner
+
+from pipelines import cross_budget as cb
+from pipelines import paths
+from pipelines.errors import TierHpoError
+from training.budget import Architecture
+from training.model import ModelConfig
+from training.trainer import train
+
+SMALL = Architecture(n_layers=2, n_heads=2, d_ff_ratio=2.0, patch_len=4)  # feasible at 2K and 8K
+WIDE_HEADS = Architecture(n_layers=2, n_heads=4, d_ff_ratio=2.0, patch_len=4)  # infeasible at 2K
+BUDGETS = ["2K", "8K"]
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """Two real studies (2K, 8K) and their MLflow store, built once for the module."""
+    root = tmp_path_factory.mktemp("xb")
+    with pytest.MonkeyPatch.context() as mp:
+        point_at(root, mp)
+        project(root / "proj", mp, {
+            "cross_budget": {"seeds": 2, "noise_z": 2.0, "min_noise": 0.002, "budgets": []},
+            "hpo": {"budgets": BUDGETS},
+        })
+        data = tiny_tier()
+        best = {"2K": make_study(data, "2K", SMALL, lr=3e-3, dropout=0.1, seed=0),
+                "8K": make_study(data, "8K", WIDE_HEADS, lr=1e-3, dropout=0.2, seed=5)}
+    return root, data, best
+
+
+@pytest.fixture
+def studies(shared, monkeypatch):
+    root, data, best = shared
+    point_at(root, monkeypatch)
+    monkeypatch.setenv("TIERHPO_ROOT", str(root / "proj"))
+    return data, best
+
+
+def all_runs() -> list:
+    client = mlflow.MlflowClient(paths.mlflow_tracking_uri())
+    return client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)
+
+
+def test_dry_run_prints_the_plan_and_trains_and_writes_nothing(studies, monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("--dry-run must not train")
+
+    monkeypatch.setattr("training.trainer.train", no_training)
+    runs_before = len(all_runs())
+    outputs_before = paths.cross_budget_dir(TIER, HORIZON).exists()
+    result = CliRunner().invoke(cb.app, ["--tier", TIER, "--horizon", str(HORIZON), "--dry-run"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    out = result.output
+    assert "2K hp @ 8K" in out and "8K hp @ 2K" in out
+    assert "8K hp @ 2K     infeasible" in out
+    assert "reuses the study's seed [0]" in out and "reuses the study's seed [5]" in out
+    assert "train seeds [0, 1]" in out  # 2K hyperparameters at 8K: both seeds trained
+    assert "1 x 3.0s per trial" in out  # median of the COMPLETE trials' recorded durations (2, 4, 3 s)
+    assert "total: 4 training runs" in out
+    assert paths.cross_budget_dir(TIER, HORIZON).exists() == outputs_before
+    assert len(all_runs()) == runs_before
+
+
+def test_matrix_verdicts_outputs_and_mlflow_run(studies):
+    data, best = studies
+    cfg = cb.CrossBudgetConfig(seeds=2)
+    doc = cb.run_cross_budget(TIER, HORIZON, BUDGETS, cfg, data)
+
+    out = paths.cross_budget_dir(TIER, HORIZON)
+    saved = json.loads((out / "matrix.json").read_text())
+    assert saved["budgets"] == BUDGETS and saved["n_seeds"] == 2
+    cells = {(c["source"], c["target"]): c for c in saved["cells"]}
+    # Diagonal: the study's own seed is reused, the extra seed is trained.
+    diag = cells[("2K", "2K")]
+    assert diag["reused_seeds"] == [0] and diag["val_auc"]["0"] == best["2K"]["metrics"]["val/auc"]
+    assert set(diag["val_auc"]) == {"0", "1"} and diag["n"] == 2
+    # Infeasible cell reported as such, never trained.
+    assert cells[("8K", "2K")]["verdict"] == "infeasible" and cells[("8K", "2K")]["mean"] is None
+    assert saved["mean"][1][0] is None
+    # Off-diagonal cell: re-solved width, within budget, every seed trained.
+    off = cells[("2K", "8K")]
+    assert off["feasible"] and abs(off["n_params"] - 8000) <= 800
+    assert off["model_config"]["d_model"] > best["2K"]["model_config"]["d_model"]
+    assert off["verdict"] in ("within noise", "worse", "better") and "band" in off
+    assert saved["transfer"]["2K"]["transfers"] == (off["verdict"] != "worse")
+    assert saved["transfer"]["8K"]["transfers"] is None and "infeasible at ['2K']" in saved["transfer"]["8K"]["summary"]
+    # Best hyperparameters side by side.
+    assert saved["best_hyperparameters"]["2K"]["lr"] == 3e-3 and saved["best_hyperparameters"]["8K"]["dropout"] == 0.2
+    table = (out / "hparams.md").read_text()
+    assert "| lr" in table and "Transfer verdicts" in table
+    assert (out / "heatmap.png").stat().st_size > 5000
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["val/auc"]["2K_hp"]["at_8K"] == pytest.approx(off["mean"])
+
+    client = mlflow.MlflowClient(paths.mlflow_tracking_uri())
+    run = client.get_run(doc["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.info.run_name == "cross-budget"
+    assert {"git_commit", "data_version", "tier", "horizon"} <= set(run.data.tags)
+    assert run.data.tags["stage"] == "cross-budget"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "cross-budget")}
+    assert {"cross-budget/matrix.json", "cross-budget/heatmap.png", "cross-budget/hparams.md"} <= artifacts
+    children = client.search_runs([run.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+    assert len(children) == 1 + 1 + 2  # extra diagonal seed per budget + two seeds of the one feasible cell
+    assert all(c.info.status == "FINISHED" for c in children)
+
+
+def test_reusing_the_studys_result_is_what_retraining_would_give(studies):
+    """The diagonal reuse is sound: the same config and seed retrain to the identical val AUC."""
+    data, best = studies
+    study = cb.read_study(TIER, "2K", HORIZON)
+    result = train(study.model_config(), dataclasses.replace(study.train_config(), progress=False), data)
+    assert result.val_metrics["val/auc"] == best["2K"]["metrics"]["val/auc"]
+
+
+def cell(source, target, aucs, feasible=True):
+    shape = ModelConfig(n_features=2, context_len=4, patch_len=2, d_model=4, n_layers=1, n_heads=1, d_ff=4)
+    return cb.Cell(source, target, shape if feasible else None, 1, list(range(len(aucs))), {},
+                   val_auc=dict(enumerate(aucs)))
+
+
+def test_verdict_rule_against_the_diagonal_noise():
+    cfg = cb.CrossBudgetConfig(seeds=3, noise_z=2.0, min_noise=0.002)
+    budgets = ["1M", "2M", "3M"]
+    cells = [
+        cell("1M", "1M", [0.70, 0.71, 0.72]), cell("1M", "2M", [0.745, 0.75, 0.755]), cell("1M", "3M", [0.70] * 3),
+        cell("2M", "1M", [0.69, 0.70, 0.71]), cell("2M", "2M", [0.75, 0.76, 0.77]), cell("2M", "3M", [0.61] * 3),
+        cell("3M", "1M", [], feasible=False), cell("3M", "2M", [], feasible=False), cell("3M", "3M", [0.65, 0.65, 0.65]),
+    ]
+    summary = cb.summarise(cells, budgets, cfg)
+    got = {(c["source"], c["target"]): c["verdict"] for c in summary["cells"]}
+    assert got[("1M", "2M")] == "within noise"  # 0.75 vs 0.76 +- 2 x 0.01
+    assert got[("1M", "3M")] == "better"  # 0.70 vs 0.65, diagonal sd 0 -> band = min_noise
+    assert got[("2M", "1M")] == "within noise"
+    assert got[("2M", "3M")] == "worse"
+    assert got[("3M", "1M")] == "infeasible"
+    t = summary["transfer"]
+    assert t["1M"]["transfers"] is True and t["2M"]["transfers"] is False and t["3M"]["transfers"] is None
+    assert summary["mean"][0][1] == pytest.approx(0.75) and summary["std"][0][0] == pytest.approx(0.01)
+
+
+def test_missing_study_and_bad_budgets_are_one_line_errors(studies):
+    runner = CliRunner()
+    result = runner.invoke(cb.app, ["--tier", TIER, "--horizon", str(HORIZON), "--budgets", "2K,20K", "--dry-run"])
+    assert isinstance(result.exception, TierHpoError)
+    assert "tierhpo hpo --tier a50 --budget 20K --horizon 1" in str(result.exception)
+    result = runner.invoke(cb.app, ["--tier", TIER, "--horizon", str(HORIZON), "--budgets", "2K", "--dry-run"])
+    assert isinstance(result.exception, TierHpoError) and "at least two budgets" in str(result.exception)
+    with pytest.raises(TierHpoError, match="distinct"):
+        cb.resolve_budgets(["2K", "2000"])
