@@ -11,11 +11,78 @@ not per-window: per-window scaling would erase the volatility level, the main si
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from pipelines.errors import TierHpoError
+
 SPLITS = ("train", "val", "test")
+KNOWN_TIERS = ("a20", "a50", "a100")
+
+
+@dataclass(frozen=True)
+class SplitFractions:
+    train: float = 0.70
+    val: float = 0.15
+    test: float = 0.15
+
+    def __post_init__(self) -> None:
+        values = (self.train, self.val, self.test)
+        if min(values) <= 0 or abs(sum(values) - 1.0) > 1e-6:
+            raise TierHpoError(f"data.split: train/val/test must be positive and sum to 1, got {values}")
+
+    def as_dict(self) -> dict[str, float]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The shared ``data`` section of params.yaml: facts about the dataset every stage agrees on."""
+
+    symbol: str = "SPY"
+    tiers: list[str] = field(default_factory=lambda: list(KNOWN_TIERS))
+    horizons: list[int] = field(default_factory=lambda: [1, 2, 3, 5])
+    threshold: float = 0.01
+    context_len: int = 32
+    split: SplitFractions = field(default_factory=SplitFractions)
+    purge_extra: int = 0  # rows added to the purge gap max(horizons) + context_len
+    min_windows_per_split: int = 100
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.symbol):
+            raise TierHpoError(f"data.symbol: {self.symbol!r} must be letters, digits, '.', '_' or '-'")
+        for tier in self.tiers:
+            check_tier(tier)
+        if not self.horizons or min(self.horizons) < 1 or len(set(self.horizons)) != len(self.horizons):
+            raise TierHpoError(f"data.horizons: need distinct positive integers, got {self.horizons}")
+        if not 0 < self.threshold < 1:
+            raise TierHpoError(f"data.threshold: must be in (0, 1), got {self.threshold}")
+        if self.context_len < 2:
+            raise TierHpoError(f"data.context_len: must be >= 2, got {self.context_len}")
+        if self.purge_extra < 0 or self.min_windows_per_split < 1:
+            raise TierHpoError("data.purge_extra must be >= 0 and data.min_windows_per_split >= 1")
+
+    @property
+    def gap(self) -> int:
+        """Purge gap in rows between consecutive splits."""
+        return max(self.horizons) + self.context_len + self.purge_extra
+
+
+def load_data_config(**overrides: Any) -> DataConfig:
+    from pipelines import config
+
+    return config.load(DataConfig, "data", **overrides)
+
+
+def check_tier(tier: str) -> str:
+    if tier not in KNOWN_TIERS:
+        raise TierHpoError(f"unknown tier {tier!r}; choose one of {', '.join(KNOWN_TIERS)}")
+    return tier
 
 
 @dataclass(frozen=True)
@@ -101,3 +168,82 @@ class TierData:
 
     def labels_of(self, split: str) -> np.ndarray:
         return self.labels[self.split_ends[split]]
+
+
+def read_split_meta(symbol: str, tier: str) -> dict[str, Any]:
+    """The sidecar JSON that ``tierhpo tiers`` writes next to the tier parquet."""
+    from pipelines import paths
+
+    path = paths.splits_path(symbol, tier)
+    if not path.is_file():
+        raise TierHpoError(f"no split file {path}; build the tier first: tierhpo tiers --tier {tier}")
+    return json.loads(path.read_text())
+
+
+def load_tier(
+    symbol: str,
+    tier: str,
+    horizon: int,
+    context_len: int | None = None,
+    *,
+    include_base: bool = True,
+    require_validated: bool = False,
+) -> TierData:
+    """Tier ``tier`` at ``horizon`` as a ``TierData``, with the splits recorded by ``tierhpo tiers``.
+
+    Features are the 5 OHLCV base columns (unless ``include_base=False``) followed by the
+    tier's engineered features, standardised with training-split statistics. ``context_len``
+    defaults to the one the dataset was built with; a longer one is refused when the window
+    plus the horizon would no longer fit in the recorded purge gap. ``require_validated``
+    refuses a dataset that the Great Expectations suite has not passed in its current form.
+    """
+    import pandas as pd
+
+    from pipelines import paths
+
+    check_tier(tier)
+    meta = read_split_meta(symbol, tier)
+    key = f"h{horizon}"
+    if key not in meta["splits"]:
+        raise TierHpoError(
+            f"horizon {horizon} is not in {symbol}_{tier} (built for {meta['horizons']}); "
+            "add it to data.horizons and rebuild the tiers"
+        )
+    context_len = meta["context_len"] if context_len is None else context_len
+    if context_len + horizon > meta["gap"]:
+        raise TierHpoError(
+            f"context_len {context_len} + horizon {horizon} exceeds the purge gap {meta['gap']} of "
+            f"{symbol}_{tier}; rebuild the tiers with data.context_len >= {context_len}"
+        )
+    if require_validated:
+        from pipelines.validate import ensure_validated
+
+        ensure_validated(symbol, tier)
+    path = paths.tier_path(symbol, tier)
+    columns = list(meta["feature_columns"] if include_base else meta["engineered_columns"])
+    label = meta["label_columns"][key]
+    frame = pd.read_parquet(path, columns=["date", *columns, label])
+    if len(frame) != meta["n_rows"]:
+        raise TierHpoError(f"{path} has {len(frame)} rows but its split file says {meta['n_rows']}; rebuild the tier")
+    bounds = {s: (int(b["start"]), int(b["stop"])) for s, b in meta["splits"][key].items()}
+    return TierData.from_arrays(
+        frame[columns].to_numpy(dtype=np.float64),
+        frame[label].to_numpy(),
+        frame["date"].to_numpy().astype("datetime64[D]"),
+        columns,
+        context_len,
+        horizon,
+        bounds,
+        tier=tier,
+        symbol=symbol,
+    )
+
+
+def tier_file_md5(path: str | Path) -> str:
+    import hashlib
+
+    digest = hashlib.md5()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -404,7 +404,7 @@ def feature_table_markdown() -> str:
         f"tier's engineered features: a20 = the first 20 rows below, a50 = the first 50, a100 = all {len(FEATURES)}.",
         "All features are strictly causal: the value at day t uses rows up to and including t only.",
         "*Window* is the lookback: the number of rows (day t included) a feature needs before its first",
-        "value (for EWM features, the rows before the first value; the EWM itself runs from the start);",
+        "value (for EWM features, its `min_periods`; the recursion itself starts at the first row);",
         f"the first {WARMUP_ROWS} rows (the largest lookback − 1) are dropped from every tier as warm-up,",
         "so all tiers share the same rows, dates and splits.",
         "",
