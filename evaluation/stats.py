@@ -385,6 +385,8 @@ def scaling_verdict(
                 p = _percentile_p(d)
             comparisons.append({"larger": names[j], "smaller": names[i], "adjacent": j == i + 1,
                                 "diff": diff, "se": se, "lo": float(lo), "hi": float(hi), "p_value": p})
+    if boot is not None:
+        _check_resolution(len(boot), len(comparisons), alpha)
     reject, p_holm, _, _ = multipletests([c["p_value"] for c in comparisons], alpha=alpha, method="holm")
     for c, rej, ph in zip(comparisons, reject, p_holm, strict=True):
         c["p_holm"] = float(ph)
@@ -406,6 +408,17 @@ def scaling_verdict(
         "reps": None if boot is None else reps,
         "n_days": len(y),
     }
+
+
+def _check_resolution(reps: int, n_tests: int, alpha: float) -> None:
+    """A bootstrap p-value is at least ``2 / (reps + 1)``; Holm multiplies the smallest by the number
+    of tests. With too few resamples no comparison could ever be significant, and every verdict
+    would be "inconclusive" by construction rather than by the data."""
+    floor = 2 * n_tests / (reps + 1)
+    if floor >= alpha:
+        need = math.ceil(2 * n_tests / alpha)
+        raise ValueError(f"{reps} bootstrap resamples cannot reach significance over {n_tests} Holm-adjusted "
+                         f"comparisons at alpha={alpha}; use at least {need} (2000+ recommended)")
 
 
 def _decide(comparisons: Sequence[dict]) -> tuple[str, str]:

@@ -149,11 +149,11 @@ def test_bootstrap_and_delong_agree_on_iid_pairs():
 PARAMS3 = {"2M": 2_010_000, "20M": 19_870_000, "200M": 201_300_000}
 
 
-def verdict_for(aucs: list[float], n: int = 750, seed: int = 0, **kwargs) -> dict:
+def verdict_for(aucs: list[float], n: int = 750, seed: int = 0, reps: int = 500, **kwargs) -> dict:
     y, scores = models_on_same_days(aucs, n=n, seed=seed)
     names = list(PARAMS3)[: len(aucs)] if len(aucs) <= 3 else [f"b{i}" for i in range(len(aucs))]
     params = PARAMS3 if len(aucs) <= 3 else {b: 10 ** (6 + i) for i, b in enumerate(names)}
-    return stats.scaling_verdict(y, dict(zip(names, scores, strict=True)), params, reps=500, **kwargs)
+    return stats.scaling_verdict(y, dict(zip(names, scores, strict=True)), params, reps=reps, **kwargs)
 
 
 def test_clear_monotonic_scaling():
@@ -211,3 +211,9 @@ def test_scaling_verdict_input_errors():
         stats.scaling_verdict(y, {"x": a}, {"x": 1})
     with pytest.raises(ValueError, match="same real parameter count"):
         stats.scaling_verdict(y, {"x": a, "z": b}, {"x": 5, "z": 5})
+
+
+def test_too_few_resamples_for_holm_is_refused():
+    # 4 budgets = 6 comparisons; with 100 resamples the smallest Holm p-value is 6 * 2/101 > 0.05
+    with pytest.raises(ValueError, match="cannot reach significance"):
+        verdict_for([0.6, 0.7, 0.8, 0.9], reps=100)

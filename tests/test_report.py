@@ -1,0 +1,309 @@
+"""The report stage on a tiny finished pipeline: real Optuna SQLite studies, a real MLflow store,
+and the HPO / promote / cross-budget / baseline files in their documented layout."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+from scipy import stats as st
+from typer.testing import CliRunner
+
+from evaluation import stats
+from pipelines import cli, paths, report
+from pipelines.errors import TierHpoError
+
+REPO = Path(__file__).resolve().parents[1]
+TIER, H = "a50", 1
+BUDGETS = {"2K": 2_050, "20K": 19_800, "200K": 201_300}
+SPACE = {
+    "lr": FloatDistribution(1e-5, 1e-2, log=True),
+    "dropout": FloatDistribution(0.0, 0.5),
+    "depth": IntDistribution(1, 4),
+    "batch_size": CategoricalDistribution([32, 64, 128]),
+}
+N_TEST = 300
+TEST_AUCS = {"2K": 0.58, "20K": 0.74, "200K": 0.90}  # clearly monotonic
+SECTIONS = ("### HPO results", "### Coverage", "### Parameter importance", "### HP consistency across budgets",
+            "### Scaling verdict", "### Calibration", "### Baselines")
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def make_study(budget: str, rng: np.random.Generator, storage: str) -> optuna.Study:
+    """10 trials as the HPO engine leaves them: forced then TPE, one failed, one pruned late, one
+    degenerate. Built in memory, then copied into the SQLite storage in one go (fast)."""
+    study = optuna.create_study(direction="maximize")
+    for i in range(10):
+        trial = study.ask(SPACE)
+        trial.set_user_attr("phase", "forced" if i < 3 else ("coverage" if i == 8 else "tpe"))
+        for epoch in range(3):
+            trial.report(0.55 + 0.01 * epoch + 0.002 * i, epoch)
+        trial.set_user_attr("epochs", 3)
+        if i == 5:
+            trial.set_user_attr("wasted_reason", "failed")
+            study.tell(trial, state=TrialState.FAIL)
+        elif i == 7:
+            trial.set_user_attr("wasted_reason", "late_pruned")
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            trial.set_user_attr("wasted_reason", "degenerate" if i == 2 else "")
+            value = 0.62 - 0.02 * abs(np.log10(trial.params["lr"]) + 3.5) + 0.003 * i + rng.normal(0, 0.002)
+            study.tell(trial, float(value))
+    name = f"{TIER}-{budget}-h{H}-0123abcd"
+    optuna.copy_study(from_study_name=study.study_name, from_storage=study._storage, to_storage=storage,
+                      to_study_name=name)
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def scores_for(auc: float, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    logit = np.sqrt(2) * st.norm.ppf(auc) * y + rng.standard_normal(len(y)) - 0.5
+    return 1 / (1 + np.exp(-logit))
+
+
+def build_pipeline(test_aucs: dict[str, float], *, seed: int = 0) -> None:
+    """Write a finished tiny pipeline for tier a50, horizon 1 into the current root and stores."""
+    rng = np.random.default_rng(seed)
+    dates = pd.bdate_range("2020-01-01", periods=N_TEST)
+    y = (rng.random(N_TEST) < 0.45).astype(int)
+    for budget, n_params in BUDGETS.items():
+        study = make_study(budget, rng, paths.optuna_storage_url())
+        best = study.best_trial
+        out = paths.study_dir(TIER, budget, H)
+        out.mkdir(parents=True)
+        (out / "best.json").write_text(json.dumps({
+            "study_name": study.study_name, "storage": paths.optuna_storage_url(), "tier": TIER, "budget": budget,
+            "budget_params": int(budget[:-1]) * 1000, "horizon": H, "seed": 0, "trial_number": best.number,
+            "mlflow_run_id": "r", "parent_run_id": "p", "experiment_id": None, "params": best.params,
+            "model_config": {}, "train_config": {}, "n_params": n_params, "metrics": {"val/auc": best.value},
+            "data_version": "d", "git_commit": "g"}))
+        p_raw = scores_for(test_aucs[budget], y, rng)
+        promo = paths.promote_dir(TIER, H) / budget
+        promo.mkdir(parents=True)
+        pd.DataFrame({"date": dates, "y": y, "p_raw": p_raw, "p_cal": np.clip(p_raw * 0.9 + 0.03, 0, 1)}
+                     ).to_parquet(promo / "predictions.parquet")
+        (promo / "summary.json").write_text(json.dumps({
+            "study_name": study.study_name, "calibrator": "sigmoid",
+            "calibrator_reason": "lowest 5-fold blocked CV log loss on validation"}))
+    base = paths.baselines_dir(TIER, H)
+    base.mkdir(parents=True)
+    frames = [pd.DataFrame({"date": dates, "split": "test", "y": y, "logreg": scores_for(0.58, y, rng),
+                            "hgb": scores_for(0.57, y, rng)}),
+              pd.DataFrame({"date": pd.bdate_range("2019-01-01", periods=50), "split": "val",
+                            "y": rng.integers(0, 2, 50), "logreg": rng.random(50), "hgb": rng.random(50)})]
+    pd.concat(frames).to_parquet(base / "predictions.parquet")
+    (base / "metrics.json").write_text(json.dumps({"logreg": {"val/auc": 0.57, "test/auc": 0.58},
+                                                   "hgb": {"val/auc": 0.56, "test/auc": 0.57}}))
+    cross = paths.cross_budget_dir(TIER, H)
+    cross.mkdir(parents=True)
+    names = list(BUDGETS)
+    mean = [[0.60 + 0.01 * i - 0.005 * abs(i - j) for j in range(3)] for i in range(3)]
+    (cross / "matrix.json").write_text(json.dumps({
+        "budgets": names, "mean": mean, "std": [[0.004] * 3 for _ in range(3)], "n_seeds": 3,
+        "transfer": {b: "transfers (off-diagonal within noise)" for b in names}}))
+
+
+def write_project(root: Path) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["report"] = {**params.get("report", {}), "bootstrap_reps": 300, "tiers": [TIER]}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    (root / "dvc.yaml").write_text("stages: {}\n")
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> Path:
+    """One finished pipeline per module (results/ and optuna.db), copied into each test."""
+    base = tmp_path_factory.mktemp("template")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TIERHPO_ROOT", str(base / "proj"))
+        mp.setenv("TIERHPO_OPTUNA_STORAGE", f"sqlite:///{base / 'optuna.db'}")
+        write_project(base / "proj")
+        build_pipeline(TEST_AUCS)
+    return base
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch, template, isolated_stores) -> Path:
+    root = tmp_path / "proj"
+    write_project(root)
+    shutil.copytree(template / "proj" / "results", root / "results")
+    shutil.copy(template / "optuna.db", isolated_stores / "optuna.db")
+    monkeypatch.setenv("TIERHPO_ROOT", str(root))
+    return root
+
+
+def attach_experiment() -> str:
+    """Create the tier's MLflow experiment in this test's store and point every best.json at it."""
+    experiment_id = MlflowClient(paths.mlflow_tracking_uri()).create_experiment(
+        f"tierhpo-{TIER}", artifact_location=paths.mlflow_artifact_root())
+    for best_path in (paths.results_dir() / "hpo" / TIER).glob("*/h*/best.json"):
+        best = json.loads(best_path.read_text())
+        best_path.write_text(json.dumps({**best, "experiment_id": experiment_id}))
+    return experiment_id
+
+
+def run_cli(*args: str) -> None:
+    result = CliRunner().invoke(report.app, list(args), catch_exceptions=True)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    assert result.exit_code == 0, result.output
+
+
+def cli_error(monkeypatch, capsys, *args: str) -> str:
+    """Run the real console entry point; return its one-line error (exit status 2)."""
+    monkeypatch.setattr(sys, "argv", ["tierhpo", "report", *args])
+    with pytest.raises(SystemExit) as exc:
+        cli.app()
+    assert exc.value.code == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if " INFO " not in ln]  # MLflow's store set-up log
+    assert len(lines) == 1 and lines[0].startswith("tierhpo: error: "), lines
+    return lines[0]
+
+
+def test_report_on_a_finished_pipeline(project):
+    experiment_id = attach_experiment()
+    run_cli("--tier", TIER)
+    out = project / "reports" / TIER
+    md = (out / "summary.md").read_text()
+    for section in SECTIONS:
+        assert section in md
+    assert "Not available" not in md
+
+    rep = json.loads((out / "report.json").read_text())
+    h = rep["horizons"][0]
+    assert [s["budget"] for s in h["studies"]] == ["2K", "20K", "200K"]  # by real parameter count
+    hpo = h["studies"][0]["hpo"]
+    assert hpo["by_state"] == {"COMPLETE": 8, "FAIL": 1, "PRUNED": 1}
+    assert hpo["wasted"]["n_wasted"] == 3 and hpo["wasted"]["fraction"] == pytest.approx(0.3)
+    assert set(hpo["wasted"]["by_reason"]) == {"failed", "late_pruned", "degenerate"}
+    assert len(hpo["top"]) == 5 and hpo["top"][0]["value"] == hpo["best"]["value"]
+    assert hpo["compute"]["epochs"]["total"] == 30
+    eff = hpo["efficiency"]
+    assert 1 <= eff["trials_to_within_tol"] <= 10 and eff["final_best"] == hpo["best"]["value"]
+    cov = h["studies"][0]["coverage"]
+    assert set(cov["params"]) == set(SPACE) and cov["n_explored"] == 9
+    assert h["studies"][0]["importance"]["evaluator"] == "PedAnovaImportanceEvaluator"
+
+    sc = h["scaling"]
+    assert sc["verdict"] == stats.MONOTONIC
+    assert "**Verdict: monotonic.**" in md and "larger is better" in md
+    assert all(b["lo"] < b["auc"] < b["hi"] for b in sc["budgets"])
+    assert sc["power_law"]["fitted"] is False  # three budgets are not enough for a fit
+    assert h["consistency"]["cross_budget"]["available"]
+    assert set(h["calibration"]["budgets"]["2K"]) >= {"calibrator", "before", "after"}
+    assert len(h["baselines"]["comparisons"]) == 6
+
+    # every image the summary shows exists and is a real PNG
+    shown = re.findall(r"\]\((plots/[^)]+\.png)\)", md)
+    assert len(shown) == 3 + 3 + 1 + 1 + 3  # history, coverage, scaling, cross-budget, reliability
+    for rel in shown:
+        png = out / rel
+        assert png.stat().st_size > 5_000 and png.read_bytes()[:4] == b"\x89PNG"
+
+    head = json.loads((out / "metrics.json").read_text())
+    assert head["h1"]["scaling_verdict"] == 1
+    assert head["h1"]["200K"]["test_auc"] == pytest.approx(sc["budgets"][2]["auc"])
+    assert head["h1"]["logreg"]["test_auc_lo"] < head["h1"]["logreg"]["test_auc"]
+
+    client = MlflowClient(paths.mlflow_tracking_uri())
+    runs = client.search_runs([experiment_id], "tags.stage = 'report'")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["tier"] == TIER and run.data.tags["git_commit"] and run.data.tags["data_version"]
+    assert run.data.tags["scaling_verdict_h1"] == stats.MONOTONIC
+    assert run.data.metrics["test/scaling_verdict_h1"] == 1
+    assert "test/auc_h1_20K" in run.data.metrics
+    logged = {f.path for f in client.list_artifacts(run.info.run_id, "report")}
+    assert {"report/summary.md", "report/report.json", "report/metrics.json", "report/plots"} <= logged
+    assert len(client.list_artifacts(run.info.run_id, "report/plots")) == len(shown)
+
+
+@pytest.mark.parametrize(
+    ("aucs", "verdict", "must", "must_not"),
+    [
+        ([0.7178, 0.7246, 0.7147], stats.INCONCLUSIVE, "must not be read as a trend", "larger is better"),
+        ([0.85, 0.72, 0.60], stats.VIOLATED, "scaling is violated", "larger is better"),
+        ([0.60, 0.72, 0.85], stats.MONOTONIC, "larger is better", "within noise"),
+    ],
+)
+def test_wording_follows_the_verdict(aucs, verdict, must, must_not):
+    # the original study's numbers on ~750 test days, a clear reversal, a clear gain
+    rng = np.random.default_rng(3)
+    y = (rng.random(750) < 0.45).astype(int)
+    scores = {b: scores_for(a, y, rng) for b, a in zip(BUDGETS, aucs, strict=True)}
+    section = {**stats.scaling_verdict(y, scores, BUDGETS, reps=300), "available": True,
+               "first_day": "2020-01-01", "last_day": "2022-12-30"}
+    assert section["verdict"] == verdict
+    text = "\n".join(report.render_scaling(section, "h1"))
+    assert f"**Verdict: {verdict}.**" in text and must in text and must_not not in text
+
+
+def test_missing_promotion_is_a_one_line_error_and_writes_nothing(project, monkeypatch, capsys):
+    shutil.rmtree(paths.promote_dir(TIER, H) / "20K")
+    err = cli_error(monkeypatch, capsys, "--tier", TIER)
+    assert "['20K']" in err and "tierhpo promote --tier a50 --horizon 1" in err and "--partial" in err
+    assert not (project / "reports" / TIER).exists()
+
+
+def test_partial_report_marks_missing_sections(project):
+    shutil.rmtree(paths.promote_dir(TIER, H))
+    shutil.rmtree(paths.cross_budget_dir(TIER, H))
+    run_cli("--tier", TIER, "--partial", "--no-mlflow")
+    md = (project / "reports" / TIER / "summary.md").read_text()
+    for section in SECTIONS:
+        assert section in md
+    scaling = md.split("### Scaling verdict")[1].split("###")[0]
+    assert "**Not available**: no promotion results" in scaling and "Verdict" not in scaling
+    assert "**Not available**: no cross-budget matrix" in md
+    assert "Paired comparison with the transformer: **not available**" in md
+    assert not list((project / "reports" / TIER / "plots").glob("*reliability*"))
+
+
+def test_a_failed_rerun_keeps_the_previous_report(project, monkeypatch, capsys):
+    run_cli("--tier", TIER, "--no-mlflow")
+    before = (project / "reports" / TIER / "summary.md").read_text()
+    (paths.cross_budget_dir(TIER, H) / "matrix.json").write_text("{not json")
+    err = cli_error(monkeypatch, capsys, "--tier", TIER, "--no-mlflow")
+    assert "matrix.json is not valid JSON" in err
+    assert (project / "reports" / TIER / "summary.md").read_text() == before
+    assert not [p for p in (project / "reports").iterdir() if p.name.startswith(".")]
+
+
+def test_stale_promotion_and_missing_study_are_refused(project, monkeypatch, capsys):
+    summary = paths.promote_dir(TIER, H) / "2K" / "summary.json"
+    summary.write_text(json.dumps({"study_name": "a50-2K-h1-old", "calibrator": "sigmoid"}))
+    assert "rerun `tierhpo promote --tier a50 --horizon 1`" in cli_error(monkeypatch, capsys, "--tier", TIER)
+    optuna.delete_study(study_name=f"{TIER}-20K-h{H}-0123abcd", storage=paths.optuna_storage_url())
+    assert "is not in the Optuna storage" in cli_error(monkeypatch, capsys, "--tier", TIER)
+
+
+def test_no_hpo_results(project, monkeypatch, capsys):
+    shutil.rmtree(paths.results_dir() / "hpo")
+    assert "no HPO results for tier a50" in cli_error(monkeypatch, capsys, "--tier", TIER)
+    assert "unknown tier(s) ['a7']" in cli_error(monkeypatch, capsys, "--tier", "a7")
+    assert "no HPO results under" in cli_error(monkeypatch, capsys, "--all")
+
+
+def test_missing_experiment_is_refused_before_writing(project, monkeypatch, capsys):
+    assert "MLflow experiment of tier a50" in cli_error(monkeypatch, capsys, "--tier", TIER)
+    assert not (project / "reports").exists()
+
+
+def test_config_is_validated(project):
+    with pytest.raises(TierHpoError, match="report.alpha"):
+        report.ReportParams(alpha=0.7)
+    with pytest.raises(TierHpoError, match="block_length"):
+        report.ReportParams(block_length=0)
