@@ -1,0 +1,321 @@
+"""Check an Optuna storage URL before anything touches it, and never print its password.
+
+Every failure here is a one-line ``TierHpoError`` that says what to fix, raised *before*
+``optuna.storages.RDBStorage`` runs: RDBStorage creates tables (and SQLite creates files) on
+first contact, so a typo must stop us earlier, with no study and no file created by accident.
+
+* ``normalize_storage_url(url)``: parse, check the backend, return the URL SQLAlchemy needs
+  (``postgresql://`` and ``postgres://`` become ``postgresql+psycopg2://``: SQLAlchemy 2.1
+  defaults ``postgresql://`` to psycopg 3, which is not installed; psycopg2 is).
+* ``check_storage_reachable(url)``: connect once (short timeout) and translate libpq failures
+  (missing database, refused connection, bad credentials) into one actionable line.
+* ``redact_url(url)`` / ``redact_text(text)``: what may appear in logs, MLflow params and
+  ``best.json``: the password (``user:pw@`` or ``?password=``) is replaced by ``***``.
+* ``check_study_compatible(storage, study_name, space)``: refuse to add trials to an existing
+  study whose recorded search space differs from ours.
+* ``study_lock(url, study_name)``: a cross-process, cross-machine mutex for the few
+  read-decide-write steps that must not interleave (study setup, "is there budget left?" +
+  ``ask``). PostgreSQL advisory lock, or ``flock`` on a file next to a SQLite database; both
+  are released by the OS/server when the holder dies, so a SIGKILLed worker never leaves the
+  study locked.
+
+Credentials: with ``postgresql://user@host/db`` (no password) libpq reads ``PGPASSWORD`` or
+``~/.pgpass`` itself; that is the recommended way (docs/distributed.md).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import re
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pipelines.errors import TierHpoError
+
+PG_DRIVER = "postgresql+psycopg2"
+CONNECT_TIMEOUT_S = 5
+SUPPORTED = "sqlite:////abs/path/optuna.db or postgresql://USER@HOST[:PORT]/DBNAME"
+_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^/@\s:]*:)(?P<pw>[^@\s/]*)(?P<tail>@)")
+_PASSWORD_IN_QUERY = re.compile(r"(?P<head>[?&]password=)(?P<pw>[^&\s]*)", re.IGNORECASE)
+
+
+def redact_text(text: str) -> str:
+    """Replace every password embedded in URLs inside ``text`` with ``***``."""
+    text = _PASSWORD_IN_URL.sub(lambda m: f"{m['head']}***{m['tail']}", text)
+    return _PASSWORD_IN_QUERY.sub(lambda m: f"{m['head']}***", text)
+
+
+def redact_url(url: str) -> str:
+    """The URL as it may be logged: same target, password replaced by ``***``."""
+    return redact_text(str(url))
+
+
+def has_inline_password(url: str) -> bool:
+    return redact_url(url) != str(url)
+
+
+def _parse(url: str):
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    if not isinstance(url, str) or not url.strip():
+        raise TierHpoError(f"empty storage URL; use {SUPPORTED}")
+    try:
+        return make_url(url.strip())
+    except (ArgumentError, ValueError) as exc:
+        reason = "the port must be a number" if isinstance(exc, ValueError) else "it is not a URL"
+        raise TierHpoError(f"cannot parse storage URL {redact_url(url)!r} ({reason}); use {SUPPORTED}") from None
+
+
+def normalize_storage_url(url: str, *, from_params_file: bool = False) -> str:
+    """Validate the shape of ``url`` (no I/O) and return the URL to give to SQLAlchemy/Optuna.
+
+    ``from_params_file``: the URL came from a versioned file (params.yaml), where a password
+    would end up in git and DVC; refuse it there.
+    """
+    parsed = _parse(url)
+    backend = parsed.drivername.split("+", 1)[0]
+    driver = parsed.drivername.split("+", 1)[1] if "+" in parsed.drivername else None
+    shown = redact_url(url)
+    if from_params_file and has_inline_password(url):
+        raise TierHpoError(
+            f"storage URL {shown} in params.yaml holds a password; remove it and put it in "
+            "~/.pgpass or PGPASSWORD (see docs/distributed.md)"
+        )
+    if backend == "sqlite":
+        db = parsed.database
+        if not db or db == ":memory:" or db.startswith("file::memory:"):
+            raise TierHpoError(f"storage URL {shown} is an in-memory SQLite database; workers cannot share it. "
+                               f"Use {SUPPORTED}")
+        path = Path(db).expanduser()
+        if not path.is_absolute():
+            raise TierHpoError(f"storage URL {shown} has a relative SQLite path; use an absolute one "
+                               f"(sqlite:////abs/path/optuna.db) so every process opens the same file")
+        if not path.parent.is_dir():
+            raise TierHpoError(f"storage URL {shown}: folder {path.parent} does not exist; create it first")
+        if path.exists() and not path.is_file():
+            raise TierHpoError(f"storage URL {shown}: {path} is not a file")
+        return parsed.set(database=str(path)).render_as_string(hide_password=False)
+    if backend in ("postgresql", "postgres"):
+        if driver not in (None, "psycopg2"):
+            raise TierHpoError(f"storage URL {shown}: driver '{driver}' is not installed; "
+                               f"use postgresql://... (psycopg2)")
+        if not parsed.database:
+            raise TierHpoError(f"storage URL {shown} names no database; use {SUPPORTED}")
+        return parsed.set(drivername=PG_DRIVER).render_as_string(hide_password=False)
+    raise TierHpoError(f"unsupported storage backend '{parsed.drivername}' in {shown}; use {SUPPORTED}")
+
+
+def is_postgres(url: str) -> bool:
+    return _parse(url).drivername.startswith("postgres")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    for line in text.splitlines():
+        line = line.strip()
+        if line:
+            return redact_text(line.removeprefix("FATAL:").strip())
+    return type(exc).__name__
+
+
+def describe_connection_error(url: str, exc: BaseException) -> str:
+    """One actionable line for a failed connection to the storage at ``url``."""
+    parsed = _parse(url)
+    where = f"{parsed.host or 'local socket'}:{parsed.port or 5432}"
+    text = str(getattr(exc, "orig", None) or exc)
+    if "does not exist" in text and "database" in text:
+        return (f"database '{parsed.database}' does not exist on PostgreSQL at {where}; create it first "
+                f"(createdb -h {parsed.host or 'localhost'} -p {parsed.port or 5432} "
+                f"-U {parsed.username or '$USER'} {parsed.database}), see docs/distributed.md")
+    if "password" in text or "authentication failed" in text:
+        return (f"PostgreSQL at {where} refused user '{parsed.username or '$USER'}': {_first_line(exc)}; "
+                "put the password in ~/.pgpass or PGPASSWORD, never in params.yaml")
+    if "role" in text and "does not exist" in text:
+        return f"PostgreSQL at {where}: {_first_line(exc)}; create the role or fix the user in the URL"
+    if backend_is_sqlite(parsed):
+        return f"cannot open SQLite storage {redact_url(url)}: {_first_line(exc)}"
+    return (f"cannot reach the study storage {redact_url(url)}: {_first_line(exc)}; "
+            "is the server running and reachable from this machine?")
+
+
+def backend_is_sqlite(parsed: Any) -> bool:
+    return parsed.drivername.split("+", 1)[0] == "sqlite"
+
+
+def _engine(url: str):
+    import sqlalchemy
+
+    connect_args = {"connect_timeout": CONNECT_TIMEOUT_S} if is_postgres(url) else {}
+    return sqlalchemy.create_engine(url, connect_args=connect_args, poolclass=sqlalchemy.pool.NullPool)
+
+
+def check_storage_reachable(url: str) -> str:
+    """Normalize ``url`` and open one connection to it; raise ``TierHpoError`` when that fails.
+
+    Creates nothing on PostgreSQL. On SQLite it may create the empty database file, which is
+    what the first run of a study does anyway (its folder was checked to exist).
+    """
+    import sqlalchemy.exc
+
+    url = normalize_storage_url(url)
+    engine = _engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    except (sqlalchemy.exc.SQLAlchemyError, OSError) as exc:
+        raise TierHpoError(describe_connection_error(url, exc)) from None
+    finally:
+        engine.dispose()
+    return url
+
+
+def study_exists(storage: Any, study_name: str) -> bool:
+    """Whether ``study_name`` is in ``storage`` (an Optuna storage); never creates one."""
+    try:
+        storage.get_study_id_from_name(study_name)
+    except KeyError:
+        return False
+    return True
+
+
+def _space_json(space: Mapping[str, Any]) -> dict[str, Any]:
+    import optuna.distributions as od
+
+    out = {}
+    for name, dist in space.items():
+        if isinstance(dist, od.BaseDistribution):
+            out[name] = json.loads(od.distribution_to_json(dist))
+        else:
+            out[name] = json.loads(json.dumps(dist, sort_keys=True, default=str))
+    return out
+
+
+def space_fingerprint(space: Mapping[str, Any]) -> str:
+    """A short stable hash of a search space (Optuna distributions or plain JSON-able specs)."""
+    blob = json.dumps(_space_json(space), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def space_differences(recorded: Mapping[str, Any], ours: Mapping[str, Any]) -> list[str]:
+    """Parameter names whose definition differs between two spaces (added, removed or changed)."""
+    a, b = _space_json(recorded), _space_json(ours)
+    return sorted(name for name in set(a) | set(b) if a.get(name) != b.get(name))
+
+
+def recorded_distributions(storage: Any, study_id: int) -> dict[str, Any]:
+    """The distribution of every parameter as the study's finished or running trials recorded it."""
+    found: dict[str, Any] = {}
+    for trial in storage.get_all_trials(study_id, deepcopy=False):
+        for name, dist in trial.distributions.items():
+            found.setdefault(name, dist)
+    return found
+
+
+def check_study_compatible(
+    storage: Any, study_name: str, space: Mapping[str, Any], *, attr: str = "search_space"
+) -> None:
+    """Raise when ``study_name`` exists in ``storage`` with a search space other than ``space``.
+
+    ``space`` maps parameter names to Optuna distributions (or to JSON-able specs, compared
+    with the study user attr ``attr`` when the study stored one). The user attr is checked
+    first; otherwise the distributions recorded by its trials, parameter by parameter
+    (a conditional parameter never sampled yet cannot be compared and is not required).
+    Does nothing, and creates nothing, when the study does not exist.
+    """
+    if not study_exists(storage, study_name):
+        return
+    study_id = storage.get_study_id_from_name(study_name)
+    stored = storage.get_study_user_attrs(study_id).get(attr)
+    if isinstance(stored, Mapping):
+        diff = space_differences(stored, space)
+    else:
+        import optuna.distributions as od
+
+        recorded = recorded_distributions(storage, study_id)
+        ours = {k: v for k, v in space.items() if isinstance(v, od.BaseDistribution)}
+        diff = sorted(
+            name for name, dist in recorded.items()
+            if name not in ours or json.loads(od.distribution_to_json(dist))
+            != json.loads(od.distribution_to_json(ours[name]))
+        )
+    if diff:
+        shown = ", ".join(diff[:6]) + (" ..." if len(diff) > 6 else "")
+        raise TierHpoError(
+            f"study '{study_name}' already exists with a different search space (differs in: {shown}); "
+            "restore the params it was created with, or start a new study under another name"
+        )
+
+
+@contextmanager
+def _pg_advisory_lock(url: str, study_name: str, deadline: float, timeout_s: float,
+                      poll_s: float) -> Iterator[None]:
+    import sqlalchemy.exc
+
+    key = _lock_key(study_name)
+    engine = _engine(url)
+    try:
+        try:
+            conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            while not conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({key})").scalar():
+                if time.monotonic() > deadline:
+                    conn.close()
+                    raise TierHpoError(f"study '{study_name}' stayed locked by another worker for "
+                                       f"{timeout_s:.0f} s; is a worker stuck?")
+                time.sleep(poll_s)
+        except sqlalchemy.exc.OperationalError as exc:
+            raise TierHpoError(describe_connection_error(url, exc)) from None
+        try:
+            yield
+        finally:
+            try:
+                conn.exec_driver_sql(f"SELECT pg_advisory_unlock({key})")
+                conn.close()
+            except sqlalchemy.exc.SQLAlchemyError:
+                pass  # connection gone: the server released the session's lock with it
+    finally:
+        engine.dispose()
+
+
+def _lock_key(study_name: str) -> int:
+    # pg_advisory_lock takes a signed 64-bit key; derive it from the study name.
+    digest = hashlib.blake2b(f"tierhpo:{study_name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+@contextmanager
+def study_lock(url: str, study_name: str, timeout_s: float = 600.0, poll_s: float = 0.05) -> Iterator[None]:
+    """Hold a mutex named after ``study_name`` shared by every process using storage ``url``.
+
+    PostgreSQL: a session-level advisory lock on its own connection (``pg_try_advisory_lock``
+    polled, so the wait is bounded). SQLite: ``flock`` on ``<db>.lock`` beside the database
+    (same machine only, which is all SQLite supports). Raises ``TierHpoError`` after
+    ``timeout_s`` without the lock.
+    """
+    url = normalize_storage_url(url)
+    deadline = time.monotonic() + timeout_s
+    if is_postgres(url):
+        with _pg_advisory_lock(url, study_name, deadline, timeout_s, poll_s):
+            yield
+        return
+    db = Path(_parse(url).database)
+    lock_path = db.with_name(f"{db.name}.{hashlib.sha1(study_name.encode()).hexdigest()[:10]}.lock")
+    with open(lock_path, "a") as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TierHpoError(f"study '{study_name}' stayed locked ({lock_path}) for "
+                                       f"{timeout_s:.0f} s; is a worker stuck?") from None
+                time.sleep(poll_s)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
