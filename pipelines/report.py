@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -229,10 +230,13 @@ def load_baselines(tier: str, horizon: int) -> dict[str, Any] | Missing:
 def load_inputs(tier: str, horizon: int, partial: bool) -> HorizonInputs:
     studies = load_studies(tier, horizon)
     budgets = [s.budget for s in studies]
+    cross_budget = load_cross_budget(tier, horizon)
+    if not isinstance(cross_budget, Missing):
+        check_cross_budget_fresh(cross_budget, studies, tier, horizon)
     inputs = HorizonInputs(
         tier, horizon, studies,
         promote=load_promote(tier, horizon, budgets, studies),
-        cross_budget=load_cross_budget(tier, horizon),
+        cross_budget=cross_budget,
         baselines=load_baselines(tier, horizon),
     )
     if not partial:
@@ -340,32 +344,44 @@ def _ci_fields(ci: dict[str, Any]) -> dict[str, Any]:
 
 
 def calibration_section(inputs: HorizonInputs) -> dict[str, Any]:
+    """Chosen calibrator and test ECE / Brier / log loss before and after, as promote recorded them
+    (``summary.json``: ``test.uncalibrated`` and ``test.calibrated``), plus the registry decision."""
     if isinstance(inputs.promote, Missing):
         return unavailable(inputs.promote.line())
-    from sklearn.metrics import brier_score_loss, log_loss
-
-    from evaluation.metrics import DEFAULT_ECE_BINS, expected_calibration_error
-
     rows = {}
     for s in inputs.studies:
-        part = inputs.promote[s.budget]
-        summary, preds = part["summary"], part["predictions"]
-        y = preds["y"].to_numpy().astype(int)
-        row: dict[str, Any] = {"calibrator": _calibrator_name(summary), "why": _calibrator_reason(summary),
-                               "n_test_days": len(preds)}
-        for tag, col in (("before", "p_raw"), ("after", "p_cal")):
-            p = np.clip(preds[col].to_numpy(dtype=np.float64), 0.0, 1.0)
-            row[tag] = {"test/ece": expected_calibration_error(y, p, DEFAULT_ECE_BINS),
-                        "test/brier": float(brier_score_loss(y, p)),
-                        "test/log_loss": float(log_loss(y, p, labels=[0, 1]))}
-        rows[s.budget] = row
-    return {"available": True, "ece_bins": DEFAULT_ECE_BINS, "budgets": rows}
+        summary = inputs.promote[s.budget]["summary"]
+        test = summary.get("test") or {}
+        before, after = test.get("uncalibrated"), test.get("calibrated")
+        if not isinstance(before, dict) or not isinstance(after, dict):
+            raise TierHpoError(f"promotion summary of {inputs.tier} {s.budget} h{inputs.horizon} lacks test metrics "
+                               f"before/after calibration; rerun `tierhpo promote --tier {inputs.tier} "
+                               f"--horizon {inputs.horizon}`")
+        registry = summary.get("registry") or {}
+        rows[s.budget] = {
+            "calibrator": _calibrator_name(summary), "why": _calibrator_reason(summary),
+            "before": {k: before.get(k) for k in CALIBRATION_METRICS},
+            "after": {k: after.get(k) for k in CALIBRATION_METRICS},
+            "degenerate": summary.get("degenerate"),
+            "registered_model": registry.get("name"), "version": registry.get("version"),
+            "alias": registry.get("alias"), "decision": registry.get("decision"),
+        }
+    return {"available": True, "ece": _ece_text(inputs), "budgets": rows}
+
+
+CALIBRATION_METRICS = ("test/ece", "test/brier", "test/log_loss")
+
+
+def _ece_text(inputs: HorizonInputs) -> str:
+    assert not isinstance(inputs.promote, Missing)
+    first = inputs.promote[inputs.studies[0].budget]["summary"]
+    return str((first.get("test") or {}).get("ece") or "L1 ECE of the positive-class probability")
 
 
 def _calibrator_name(summary: dict[str, Any]) -> str:
     value = summary.get("calibrator")
     if isinstance(value, dict):
-        return str(value.get("method") or value.get("name") or value.get("chosen") or "unknown")
+        return str(value.get("method") or value.get("name") or "unknown")
     return str(value) if value is not None else "unknown"
 
 
@@ -393,20 +409,36 @@ def consistency_section(inputs: HorizonInputs) -> dict[str, Any]:
     return out
 
 
+def check_cross_budget_fresh(raw: dict[str, Any], studies: list[Study], tier: str, horizon: int) -> None:
+    """The matrix must come from the current studies (``studies[budget].study_name`` in matrix.json)."""
+    recorded = raw.get("studies") or {}
+    for s in studies:
+        name = (recorded.get(s.budget) or {}).get("study_name")
+        if name is not None and name != s.best["study_name"]:
+            raise TierHpoError(f"the cross-budget matrix of {tier} h{horizon} was computed from study '{name}', "
+                               f"not the current '{s.best['study_name']}'; rerun `tierhpo cross-budget --tier {tier} "
+                               f"--horizon {horizon}`")
+
+
 def cross_budget_matrix(raw: dict[str, Any]) -> dict[str, Any]:
     """Normalise ``matrix.json`` to budgets (row = whose hyperparameters, column = trained at),
     mean and std arrays, and the transfer verdict per budget."""
     budgets = [str(b) for b in raw.get("budgets", [])]
-    mean = raw.get("mean", raw.get("val_auc_mean"))
-    std = raw.get("std", raw.get("val_auc_std"))
+    mean, std = raw.get("mean"), raw.get("std")
     if not budgets or mean is None:
         raise TierHpoError("cross-budget matrix.json lacks 'budgets' and 'mean'; rerun cross-budget")
-    mean_arr = np.array(mean, dtype=np.float64)
-    std_arr = np.array(std if std is not None else np.full_like(mean_arr, np.nan), dtype=np.float64)
+    mean_arr = np.array([[np.nan if v is None else v for v in row] for row in mean], dtype=np.float64)
+    std_arr = (np.array([[np.nan if v is None else v for v in row] for row in std], dtype=np.float64)
+               if std is not None else np.full_like(mean_arr, np.nan))
     if mean_arr.shape != (len(budgets), len(budgets)) or std_arr.shape != mean_arr.shape:
         raise TierHpoError("cross-budget matrix.json: 'mean'/'std' are not budgets x budgets; rerun cross-budget")
-    return {"budgets": budgets, "mean": mean_arr.tolist(), "std": std_arr.tolist(),
-            "transfer": raw.get("transfer", {}), "n_seeds": raw.get("n_seeds", raw.get("seeds"))}
+    transfer = {b: (v.get("summary") if isinstance(v, dict) else str(v)) for b, v in (raw.get("transfer") or {}).items()}
+    return {"budgets": budgets, "mean": _nan_to_none(mean_arr), "std": _nan_to_none(std_arr),
+            "transfer": transfer, "n_seeds": raw.get("n_seeds"), "noise_rule": raw.get("noise_rule")}
+
+
+def _nan_to_none(a: np.ndarray) -> list[list[float | None]]:
+    return [[float(v) if math.isfinite(v) else None for v in row] for row in a]
 
 
 def study_section(s: Study, cfg: ReportParams) -> dict[str, Any]:
@@ -459,6 +491,7 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
         if cal["available"]:
             for budget, row in cal["budgets"].items():
                 block[budget]["test_ece_after"] = row["after"]["test/ece"]
+                block[budget]["test_ece_before"] = row["before"]["test/ece"]
         bl = h["baselines"]
         if bl["available"]:
             for name, row in bl["baselines"].items():
@@ -470,7 +503,8 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
 def mlflow_metrics(head: dict[str, Any]) -> dict[str, float]:
     """Headline numbers as ``{split}/{name}`` MLflow keys, e.g. ``test/auc_h1_20M``."""
     keys = {"val_auc_best": "val/auc_best", "test_auc": "test/auc", "test_auc_lo": "test/auc_lo",
-            "test_auc_hi": "test/auc_hi", "test_ece_after": "test/ece", "wasted_fraction": "hpo/wasted_fraction",
+            "test_auc_hi": "test/auc_hi", "test_ece_after": "test/ece", "test_ece_before": "test/ece_uncalibrated",
+            "wasted_fraction": "hpo/wasted_fraction",
             "trials_to_within_tol": "hpo/trials_to_within_tol", "coverage": "hpo/coverage"}
     out = {}
     for h, block in head.items():
@@ -636,13 +670,21 @@ def render_consistency(c: dict[str, Any], tag: str) -> list[str]:
     lines += ["Cross-budget matrix (validation AUC; row = whose best hyperparameters, column = budget trained at):", ""]
     if not cb["available"]:
         return lines + not_available(cb)
-    rows = [[r, *(f"{m:.4f} ± {s:.4f}" if math.isfinite(s) else f"{m:.4f}"
-                  for m, s in zip(cb["mean"][i], cb["std"][i], strict=True))]
+    rows = [[r, *(_cell_text(m, s) for m, s in zip(cb["mean"][i], cb["std"][i], strict=True))]
             for i, r in enumerate(cb["budgets"])]
     lines += md_table(["hyperparameters of \\ trained at", *cb["budgets"]], rows)
-    for budget, verdict in cb["transfer"].items():
-        lines.append(f"- {budget}: {verdict if isinstance(verdict, str) else json.dumps(verdict, sort_keys=True)}")
+    if cb["n_seeds"]:
+        lines.append(f"Mean ± sd over {cb['n_seeds']} seeds per cell; n/a = infeasible at that budget or failed.")
+    lines += [f"- {budget} hyperparameters: {verdict}" for budget, verdict in cb["transfer"].items()]
+    if cb.get("noise_rule"):
+        lines.append(f"- rule: {cb['noise_rule']}")
     return lines + ["", f"![cross-budget matrix](plots/{tag}_cross_budget.png)", ""]
+
+
+def _cell_text(mean: float | None, sd: float | None) -> str:
+    if mean is None:
+        return "n/a"
+    return f"{mean:.4f} ± {sd:.4f}" if sd is not None else f"{mean:.4f}"
 
 
 def render_scaling(sc: dict[str, Any], tag: str) -> list[str]:
@@ -675,12 +717,15 @@ def render_calibration(cal: dict[str, Any], tag: str) -> list[str]:
     rows = []
     for budget, r in cal["budgets"].items():
         b, a = r["before"], r["after"]
-        rows.append([budget, r["calibrator"], f"{b['test/ece']:.4f} -> {a['test/ece']:.4f}",
-                     f"{b['test/brier']:.4f} -> {a['test/brier']:.4f}",
-                     f"{b['test/log_loss']:.4f} -> {a['test/log_loss']:.4f}", r["why"] or ""])
+        rows.append([budget, r["calibrator"], *(f"{fmt(b[k])} -> {fmt(a[k])}" for k in CALIBRATION_METRICS),
+                     r["why"] or ""])
     lines += md_table(["budget", "calibrator", "test ECE", "test Brier", "test log loss", "why this calibrator"], rows)
-    lines.append(f"ECE: L1, positive-class probability, {cal['ece_bins']} equal-width bins.")
-    lines.append("")
+    lines += [f"ECE: {cal['ece']}. Before = raw network probabilities, after = the chosen calibrator "
+              "(fitted on validation only).", ""]
+    rows = [[budget, r["registered_model"] or "-", fmt(r["version"]), r["alias"] or "-",
+             f"degenerate: {r['degenerate']}" if r["degenerate"] else (r["decision"] or "")]
+            for budget, r in cal["budgets"].items()]
+    lines += md_table(["budget", "registered model", "version", "alias", "decision"], rows)
     lines += [f"![reliability {b}](plots/{tag}_{b}_reliability.png)" for b in cal["budgets"]]
     return lines + [""]
 
@@ -728,19 +773,30 @@ def write_plots(h: dict[str, Any], inputs: HorizonInputs, out: Path) -> list[Pat
             power_law=sc["power_law"], title=f"{inputs.tier} h{inputs.horizon}: test AUC", verdict=sc["verdict"]))
     cb = h["consistency"]["cross_budget"]
     if cb["available"]:
-        notes = [[f"{m:.4f}\n±{s:.4f}" if math.isfinite(s) else f"{m:.4f}" for m, s in zip(mr, sr, strict=True)]
-                 for mr, sr in zip(cb["mean"], cb["std"], strict=True)]
-        written.append(plots.heatmap(cb["mean"], cb["budgets"], cb["budgets"], out / f"{tag}_cross_budget.png",
-                                     annotations=notes, xlabel="trained at", ylabel="best hyperparameters of",
-                                     cbar_label="validation AUC",
-                                     title=f"{inputs.tier} h{inputs.horizon}: cross-budget validation AUC"))
+        target = out / f"{tag}_cross_budget.png"
+        made = paths.cross_budget_dir(inputs.tier, inputs.horizon) / "heatmap.png"
+        if made.is_file():  # the stage's own figure, with its infeasible / worse marks
+            shutil.copyfile(made, target)
+        else:
+            values = [[np.nan if v is None else v for v in row] for row in cb["mean"]]
+            notes = [[_cell_text(m, sd).replace(" ± ", "\n±") for m, sd in zip(mr, sr, strict=True)]
+                     for mr, sr in zip(cb["mean"], cb["std"], strict=True)]
+            plots.heatmap(values, cb["budgets"], cb["budgets"], target, annotations=notes, xlabel="trained at",
+                          ylabel="best hyperparameters of", cbar_label="validation AUC",
+                          title=f"{inputs.tier} h{inputs.horizon}: cross-budget validation AUC")
+        written.append(target)
     if not isinstance(inputs.promote, Missing):
         for s in inputs.studies:
-            preds = inputs.promote[s.budget]["predictions"]
-            calibrator = h["calibration"]["budgets"][s.budget]["calibrator"]
-            written.append(plots.reliability_diagram(
-                preds["y"], {"raw": preds["p_raw"], f"calibrated ({calibrator})": preds["p_cal"]},
-                out / f"{tag}_{s.budget}_reliability.png", title=f"{inputs.tier} {s.budget} h{inputs.horizon}: test"))
+            target = out / f"{tag}_{s.budget}_reliability.png"
+            made = paths.promote_dir(inputs.tier, inputs.horizon) / s.budget / "reliability.png"
+            if made.is_file():  # promote drew it with the ECE's own bins
+                shutil.copyfile(made, target)
+            else:
+                preds = inputs.promote[s.budget]["predictions"]
+                calibrator = h["calibration"]["budgets"][s.budget]["calibrator"]
+                plots.reliability_diagram(preds["y"], {"raw": preds["p_raw"], f"calibrated ({calibrator})": preds["p_cal"]},
+                                          target, title=f"{inputs.tier} {s.budget} h{inputs.horizon}: test")
+            written.append(target)
     return written
 
 

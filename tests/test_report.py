@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 from scipy import stats as st
 from typer.testing import CliRunner
 
-from evaluation import stats
+from evaluation import plots, stats
 from pipelines import cli, paths, report
 from pipelines.errors import TierHpoError
 
@@ -93,9 +93,7 @@ def build_pipeline(test_aucs: dict[str, float], *, seed: int = 0) -> None:
         promo.mkdir(parents=True)
         pd.DataFrame({"date": dates, "y": y, "p_raw": p_raw, "p_cal": np.clip(p_raw * 0.9 + 0.03, 0, 1)}
                      ).to_parquet(promo / "predictions.parquet")
-        (promo / "summary.json").write_text(json.dumps({
-            "study_name": study.study_name, "calibrator": "sigmoid",
-            "calibrator_reason": "lowest 5-fold blocked CV log loss on validation"}))
+        (promo / "summary.json").write_text(json.dumps(promote_summary(study.study_name, budget)))
     base = paths.baselines_dir(TIER, H)
     base.mkdir(parents=True)
     frames = [pd.DataFrame({"date": dates, "split": "test", "y": y, "logreg": scores_for(0.58, y, rng),
@@ -109,9 +107,31 @@ def build_pipeline(test_aucs: dict[str, float], *, seed: int = 0) -> None:
     cross.mkdir(parents=True)
     names = list(BUDGETS)
     mean = [[0.60 + 0.01 * i - 0.005 * abs(i - j) for j in range(3)] for i in range(3)]
+    mean[2][0] = None  # the 200K structure is infeasible at 2K
+    std = [[None if m is None else 0.004 for m in row] for row in mean]
     (cross / "matrix.json").write_text(json.dumps({
-        "budgets": names, "mean": mean, "std": [[0.004] * 3 for _ in range(3)], "n_seeds": 3,
-        "transfer": {b: "transfers (off-diagonal within noise)" for b in names}}))
+        "tier": TIER, "horizon": H, "metric": "val/auc", "budgets": names, "mean": mean, "std": std, "n_seeds": 3,
+        "noise_rule": "off-diagonal within noise when |mean(s,t) - mean(t,t)| <= max(2 x std(t,t), 0.002)",
+        "studies": {b: {"study_name": f"{TIER}-{b}-h{H}-0123abcd", "trial_number": 0} for b in names},
+        "transfer": {b: {"transfers": True, "summary": "transfers (within noise at ['20K'], better at -)"}
+                     for b in names}}))
+    plots.heatmap([[np.nan if v is None else v for v in row] for row in mean], names, names, cross / "heatmap.png")
+
+
+def promote_summary(study_name: str, budget: str) -> dict:
+    """summary.json as ``tierhpo promote`` writes it (the fields the report reads)."""
+    def metrics(ece: float) -> dict:
+        return {"test/auc": 0.7, "test/ece": ece, "test/brier": 0.2 + ece / 10, "test/log_loss": 0.6 + ece}
+
+    return {
+        "tier": TIER, "horizon": H, "budget": budget, "n_params": BUDGETS[budget], "study_name": study_name,
+        "calibrator": {"method": "sigmoid", "reason": "lowest blocked-CV log loss on validation"},
+        "calibrator_reason": "lowest blocked-CV log loss on validation", "degenerate": None,
+        "test": {"uncalibrated": metrics(0.08), "calibrated": metrics(0.03), "auc_ci": {},
+                 "ece": "L1 ECE of the positive-class probability, equal-width bins (evaluation.metrics)"},
+        "registry": {"name": f"tierhpo-{TIER}-h{H}-{budget}", "version": 1, "alias": None,
+                     "decision": "kept without alias: not better than the champion on val/auc"},
+    }
 
 
 def write_project(root: Path) -> None:
@@ -284,8 +304,14 @@ def test_a_failed_rerun_keeps_the_previous_report(project, monkeypatch, capsys):
 
 def test_stale_promotion_and_missing_study_are_refused(project, monkeypatch, capsys):
     summary = paths.promote_dir(TIER, H) / "2K" / "summary.json"
-    summary.write_text(json.dumps({"study_name": "a50-2K-h1-old", "calibrator": "sigmoid"}))
+    summary.write_text(json.dumps(promote_summary("a50-2K-h1-old", "2K")))
     assert "rerun `tierhpo promote --tier a50 --horizon 1`" in cli_error(monkeypatch, capsys, "--tier", TIER)
+    summary.write_text(json.dumps(promote_summary(f"{TIER}-2K-h{H}-0123abcd", "2K")))
+    matrix = paths.cross_budget_dir(TIER, H) / "matrix.json"
+    doc = json.loads(matrix.read_text())
+    doc["studies"]["20K"]["study_name"] = "a50-20K-h1-old"
+    matrix.write_text(json.dumps(doc))
+    assert "rerun `tierhpo cross-budget --tier a50 --horizon 1`" in cli_error(monkeypatch, capsys, "--tier", TIER)
     optuna.delete_study(study_name=f"{TIER}-20K-h{H}-0123abcd", storage=paths.optuna_storage_url())
     assert "is not in the Optuna storage" in cli_error(monkeypatch, capsys, "--tier", TIER)
 
