@@ -1,0 +1,192 @@
+"""``CoverageSampler``: Optuna's multivariate TPE, steered into unexplored bins until coverage is reached.
+
+Per trial (``sample_relative``, i.e. jointly for the whole space):
+
+1. Draw candidates: TPE proposals (seeded, multivariate, Optuna 5 defaults) or, during TPE's
+   random start-up phase, uniform draws. One candidate once coverage has reached the target;
+   ``candidates`` of them while it is below.
+2. Repair each candidate's structure to the nearest architecture that is feasible at the budget
+   (:mod:`training.search.feasibility`), and drop candidates identical to a trial that already
+   ran or is running (duplicates are prevented here, before any training).
+3. While coverage (of explored *and* running trials, so parallel workers do not pile into the
+   same bin) is below the target, keep the candidate that fills the most empty bins, TPE's own
+   order breaking ties. If none fills any, move the least-covered axis of TPE's first candidate
+   into one of its empty bins.
+
+Steering happens in the sampler, never as retries in the objective. The decision for each
+trial (phase ``tpe`` / ``coverage`` / ``random``, coverage before, bins gained) is kept in memory for
+the objective of the same process to record; it is not needed to resume, because coverage is
+recomputed from the storage.
+
+The extra TPE candidates come from ``TPESampler._sample_relative`` (private): the public
+``sample_relative`` also writes the proposal into the trial's system attributes for the constant
+liar, once per call, which would advertise a candidate we did not pick. The chosen parameters are
+suggested right away, so the liar sees them as the running trial's params instead.
+``tests/test_search_sampler.py`` pins that this private method still exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseSampler, TPESampler
+from optuna.trial import FrozenTrial, TrialState
+
+from training.search.coverage import EXPLORED_STATES, CoverageTracker
+from training.search.feasibility import Feasibility
+from training.search.space import SearchSpace
+
+TAKEN_STATES = (*EXPLORED_STATES, TrialState.RUNNING)
+_FRESH_DRAWS = 64  # random draws tried when every candidate duplicates an existing trial
+
+
+@dataclass(frozen=True)
+class Decision:
+    phase: str  # "tpe" | "coverage" | "random"
+    coverage_before: float
+    gain: float
+    n_candidates: int
+    steered_axis: str | None = None
+    duplicate: bool = False  # no fresh config could be found (the objective records it as a duplicate)
+
+
+def derived_seed(seed: int, *salt: int) -> int:
+    """A 32-bit seed from ``seed`` and ``salt`` (e.g. the worker index), stable across runs."""
+    return int(np.random.SeedSequence([seed, *salt]).generate_state(1)[0])
+
+
+class CoverageSampler(BaseSampler):
+    def __init__(
+        self,
+        space: SearchSpace,
+        tracker: CoverageTracker,
+        *,
+        seed: int = 0,
+        target: float = 0.8,
+        candidates: int = 8,
+        feasibility: Feasibility | None = None,
+        steer: bool = True,
+        worker_index: int = 0,
+        base: BaseSampler | None = None,
+    ) -> None:
+        self.space, self.tracker = space, tracker
+        self.seed, self.target, self.candidates, self.steer = seed, target, candidates, steer
+        self.feasibility = feasibility or Feasibility.unconstrained()
+        self._base = base or TPESampler(seed=derived_seed(seed, worker_index))
+        self._constants = {p.name: p.values()[0] if p.discrete else p.low for p in space.params
+                           if p.distribution().single()}
+        self._decisions: dict[int, Decision] = {}
+
+    # ------------------------------------------------------------------ BaseSampler
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return {p.name: p.distribution() for p in self.space.varying()}
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        if not search_space or trial.system_attrs.get("fixed_params"):
+            return {}  # an enqueued trial (forced extreme or retry): Optuna uses its fixed params
+        chosen, decision = self._choose(study, trial, search_space)
+        self._decisions[trial.number] = decision
+        return {name: chosen[name] for name in search_space}
+
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        return self._base.sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._base.before_trial(study, trial)
+
+    def after_trial(
+        self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
+    ) -> None:
+        self._base.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._base.reseed_rng()
+
+    # ------------------------------------------------------------------ decisions
+
+    def decision(self, number: int) -> Decision | None:
+        """The decision made for trial ``number`` in this process (``None`` for enqueued trials)."""
+        return self._decisions.pop(number, None)
+
+    def _proposal(self, study: optuna.Study, trial: FrozenTrial, space: dict[str, BaseDistribution],
+                  rng: np.random.Generator) -> tuple[dict[str, Any], str]:
+        proposal = {}
+        if isinstance(self._base, TPESampler):
+            proposal = self._base._sample_relative(study, trial, space)
+        elif hasattr(self._base, "sample_relative"):
+            proposal = self._base.sample_relative(study, trial, space)
+        if proposal:
+            return self._complete(proposal, rng), "tpe"
+        return self._complete({}, rng), "random"  # TPE's start-up phase: a uniform draw
+
+    def _complete(self, partial: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        params = {**self._constants, **partial}
+        for p in self.space.params:
+            if p.name not in params:
+                params[p.name] = p.uniform(rng)
+        return self.feasibility.repair(params, self.space)
+
+    def _choose(self, study: optuna.Study, trial: FrozenTrial, space: dict[str, BaseDistribution]
+                ) -> tuple[dict[str, Any], Decision]:
+        rng = np.random.default_rng([self.seed, trial.number])  # per trial: the same in every worker
+        others = [t for t in study.get_trials(deepcopy=False, states=TAKEN_STATES) if t.number != trial.number]
+        taken = {self.space.key(t.params) for t in others}
+        coverage = self.tracker.coverage(t.params for t in others)
+        steering = self.steer and coverage.overall < self.target
+        n = self.candidates if steering else 1
+        cands, source = [], "random"
+        for _ in range(n):
+            cand, source = self._proposal(study, trial, space, rng)
+            cands.append(cand)
+        fresh = _unique(self.space, [c for c in cands if self.space.key(c) not in taken])
+        if not fresh:
+            for _ in range(_FRESH_DRAWS):
+                cand = self._complete({}, rng)
+                if self.space.key(cand) not in taken:
+                    fresh = [cand]
+                    break
+        if not fresh:  # the space is exhausted: give the first candidate, the objective records the duplicate
+            return cands[0], Decision(source, coverage.overall, 0.0, len(cands), duplicate=True)
+        if not steering:
+            return fresh[0], Decision(source, coverage.overall, self.tracker.gain(coverage, fresh[0]), len(cands))
+        gains = [self.tracker.gain(coverage, c) for c in fresh]
+        best = int(np.argmax(gains))  # first maximum = TPE's earliest proposal among the best
+        if gains[best] > 0:
+            phase = "coverage" if best > 0 or source == "random" else source
+            return fresh[best], Decision(phase, coverage.overall, gains[best], len(cands))
+        moved, axis = self._move_to_empty_bin(fresh[0], coverage, rng)
+        if moved is not None and self.space.key(moved) not in taken:
+            return moved, Decision("coverage", coverage.overall, self.tracker.gain(coverage, moved), len(cands), axis)
+        return fresh[0], Decision(source, coverage.overall, 0.0, len(cands))
+
+    def _move_to_empty_bin(self, params: dict[str, Any], coverage: Any, rng: np.random.Generator
+                           ) -> tuple[dict[str, Any] | None, str | None]:
+        open_axes = [a for a in self.tracker.axes if coverage.empty(a)]
+        if not open_axes:
+            return None, None
+        axis = min(open_axes, key=coverage.fraction)
+        empty = coverage.empty(axis)
+        target_bin = empty[int(rng.integers(len(empty)))]
+        moved = dict(params)
+        for name, b in zip(axis.params, target_bin, strict=True):
+            moved[name] = self.space[name].bin_draw(b, self.tracker.bins, rng)
+        return self.feasibility.repair(moved, self.space), axis.name
+
+
+def _unique(space: SearchSpace, cands: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    seen, out = set(), []
+    for c in cands:
+        if space.key(c) not in seen:
+            seen.add(space.key(c))
+            out.append(c)
+    return out
