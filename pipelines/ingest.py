@@ -287,7 +287,7 @@ def _locked(repo) -> Iterator[None]:
 
 
 def _cached(repo) -> bool:
-    status = repo.status(targets=["data.dvc"])
+    status = repo.status(targets=[os.fspath(_dvc_file())])
     return not status
 
 
@@ -310,7 +310,7 @@ def _replace_and_track(staged: Path) -> str:
             os.replace(raw, backup)
         os.replace(staged, raw)
         try:
-            repo.add("data/raw")
+            repo.add(os.fspath(raw))  # absolute: DVC resolves relative paths from the cwd
         except Exception:
             shutil.rmtree(raw, ignore_errors=True)
             if backup.exists():
@@ -362,7 +362,7 @@ def ingest(source: str, symbol: str, data: DataConfig) -> str:
             repo = _repo()
             with _locked(repo):
                 if not _cached(repo):
-                    repo.commit("data.dvc", force=True)
+                    repo.commit(os.fspath(_dvc_file()), force=True)
             md5 = new_md5
             verb = "unchanged"
         else:
@@ -383,7 +383,7 @@ def _restore_from_cache(repo, expected: str) -> bool:
     if not repo.cache.local.exists(expected):
         return False
     try:
-        repo.checkout(targets=["data.dvc"])
+        repo.checkout(targets=[os.fspath(_dvc_file())])
     except DvcException:
         return False  # the cache holds the directory listing but not every file
     raw = paths.raw_dir()
@@ -412,7 +412,7 @@ def ensure(data: DataConfig) -> str:
                     "`dvc checkout data.dvc`, or track the new data with `tierhpo ingest --source FILE`"
                 )
             if not _cached(repo):
-                repo.commit("data.dvc", force=True)
+                repo.commit(os.fspath(_dvc_file()), force=True)
                 typer.echo(f"ingest --ensure: data/raw matches data.dvc ({expected}); saved it to the DVC cache")
             else:
                 typer.echo(f"ingest --ensure: data/raw matches data.dvc ({expected})")
@@ -431,7 +431,7 @@ def ensure(data: DataConfig) -> str:
                     f"({regenerated}): fetch it with `dvc pull` from your remote, or re-ingest with `tierhpo ingest`"
                 )
             os.replace(staged, raw)
-        repo.commit("data.dvc", force=True)
+        repo.commit(os.fspath(_dvc_file()), force=True)
     typer.echo(f"ingest --ensure: regenerated data/raw from the bundled S&P 500; hash matches data.dvc ({expected})")
     return expected
 
