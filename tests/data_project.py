@@ -59,6 +59,15 @@ def project(tmp_path, monkeypatch) -> Path:
     return root
 
 
+@pytest.fixture
+def light_project(tmp_path, monkeypatch) -> Path:
+    """Like ``project`` without git and DVC, for stages that only read and write files."""
+    root = make_project(tmp_path / "proj", dvc=False)
+    monkeypatch.setenv("TIERHPO_ROOT", str(root))
+    monkeypatch.chdir(root)
+    return root
+
+
 def tiny_data(**changes: Any) -> dict[str, Any]:
     data = copy.deepcopy(TINY_DATA)
     data.update(changes)

@@ -118,12 +118,12 @@ FEATURES: tuple[Feature, ...] = (
     _f("down_excursion", "range vol", "ln(L_t / C_{t-1})", 2),
     _f("upper_shadow", "range vol", "ln(H_t / max(O_t, C_t))", 1),
     _f("lower_shadow", "range vol", "ln(min(O_t, C_t) / L_t)", 1),
-    _f("skew_20", "returns", "sample skewness of r over 20 days", 21),
-    _f("kurt_20", "returns", "sample excess kurtosis of r over 20 days", 21),
-    _f("skew_60", "returns", "sample skewness of r over 60 days", 61),
+    _f("skew_20", "returns", "sample skewness of r over 20 days, 0 when flat", 21),
+    _f("kurt_20", "returns", "sample excess kurtosis of r over 20 days, 0 when flat", 21),
+    _f("skew_60", "returns", "sample skewness of r over 60 days, 0 when flat", 61),
     _f("max_ret_20", "returns", "max_20(r)", 21),
     _f("min_ret_20", "returns", "min_20(r)", 21),
-    _f("autocorr_60", "returns", "corr_60(r_t, r_{t-1})", 62),
+    _f("autocorr_60", "returns", "corr_60(r_t, r_{t-1}), 0 when flat", 62),
     _f("sma_ratio_5", "trend", "C_t / mean_5(C) − 1", 5),
     _f("ema_ratio_12", "trend", "C_t / EWM_{2/13}(C) − 1", 12),
     _f("ema_ratio_26", "trend", "C_t / EWM_{2/27}(C) − 1", 26),
@@ -184,6 +184,14 @@ def _ewm(x: pd.Series, alpha: float, min_periods: int) -> pd.Series:
 def _rv(sq: pd.Series, w: int) -> pd.Series:
     """Annualised root mean of a per-day variance estimate over w days (clipped at 0)."""
     return np.sqrt(ANNUAL * _mean(sq, w).clip(lower=0))
+
+
+def _moment(x: pd.Series, w: int, stat: str, other: pd.Series | None = None) -> pd.Series:
+    """Rolling skew / kurt / corr, 0 (neutral) where a full window has no variance."""
+    roll = x.rolling(w, min_periods=w)
+    out = roll.corr(other) if stat == "corr" else getattr(roll, stat)()
+    full = (x if other is None else other).rolling(w, min_periods=w).count() == w
+    return out.where(~(full & out.isna()), 0.0)
 
 
 def _window_apply(x: pd.Series, w: int, fn) -> pd.Series:
@@ -304,7 +312,7 @@ def compute_features(ohlcv: pd.DataFrame) -> pd.DataFrame:
     f["sma_ratio_200"] = sma_ratio(200)
     f["rsi_14"] = _rsi(c, 14)
     f["volume_ratio_20"] = vol_ratio(20)
-    f["day_of_week"] = dates.dt.dayofweek.astype(np.float64)
+    f["day_of_week"] = dates.dt.day_of_week.astype(np.float64)
 
     f["ret_2"] = ret(2)
     f["ret_3"] = ret(3)
@@ -358,12 +366,12 @@ def compute_features(ohlcv: pd.DataFrame) -> pd.DataFrame:
     f["down_excursion"] = np.log(l / prev_c)
     f["upper_shadow"] = np.log(h / np.maximum(o, c))
     f["lower_shadow"] = np.log(np.minimum(o, c) / l)
-    f["skew_20"] = r.rolling(20, min_periods=20).skew()
-    f["kurt_20"] = r.rolling(20, min_periods=20).kurt()
-    f["skew_60"] = r.rolling(60, min_periods=60).skew()
+    f["skew_20"] = _moment(r, 20, "skew")
+    f["kurt_20"] = _moment(r, 20, "kurt")
+    f["skew_60"] = _moment(r, 60, "skew")
     f["max_ret_20"] = r.rolling(20, min_periods=20).max()
     f["min_ret_20"] = r.rolling(20, min_periods=20).min()
-    f["autocorr_60"] = r.rolling(60, min_periods=60).corr(r.shift(1))
+    f["autocorr_60"] = _moment(r, 60, "corr", r.shift(1))
     f["sma_ratio_5"] = sma_ratio(5)
     f["ema_ratio_12"] = c / ema12 - 1
     f["ema_ratio_26"] = c / ema26 - 1
