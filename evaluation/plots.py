@@ -168,12 +168,14 @@ def coverage_heatmap(
     path: str | Path,
     *,
     bin_labels: Mapping[str, Sequence[str]] | None = None,
+    unreachable: Mapping[str, Sequence[int]] | None = None,
     title: str = "",
 ) -> Path:
     """Trials per bin for each parameter (rows): empty bins are the regions never explored.
 
     Parameters can have different bin counts (categoricals); missing cells are blank. Empty
-    bins are drawn in red with a 0, so unexplored regions stand out.
+    bins are drawn in red with a 0, so unexplored regions stand out; bins listed in
+    ``unreachable`` (no feasible architecture at this budget) are hatched grey instead.
     """
     if not occupancy:
         raise ValueError("coverage_heatmap needs at least one parameter")
@@ -188,9 +190,13 @@ def coverage_heatmap(
     image = ax.imshow(shown, cmap=colours, aspect="auto", vmin=0)
     fig.colorbar(image, ax=ax, label="trials in bin")
     for i, name in enumerate(names):
+        blocked = set((unreachable or {}).get(name, ()))
         for j, count in enumerate(occupancy[name]):
-            empty = count == 0
-            if empty:
+            empty = count == 0 and j not in blocked
+            if j in blocked and count == 0:
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="#dddddd", hatch="//",
+                                           edgecolor="grey", lw=0))
+            elif empty:
                 ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, color="#f4a3a3"))
             label = (bin_labels or {}).get(name)
             text = f"{int(count)}" + (f"\n{label[j]}" if label else "")
@@ -198,7 +204,8 @@ def coverage_heatmap(
                     color="darkred" if empty else "black")
     ax.set_yticks(range(len(names)), labels=names)
     ax.set_xticks(range(width), labels=[str(j) for j in range(width)])
-    ax.set(xlabel="bin (low -> high; categoricals in declared order)", title=title or "Coverage")
+    ax.set(xlabel="bin (low -> high; categoricals in declared order); red: never explored, hatched: unreachable",
+           title=title or "Coverage")
     return save_figure(fig, path)
 
 

@@ -593,8 +593,7 @@ def render_horizon(h: dict[str, Any], p: dict[str, Any]) -> list[str]:
             fmt(hpo["best"]["value"]) if hpo["best"] else "n/a", fmt(hpo["median"]),
             ", ".join(f"{t['value']:.4f}" for t in hpo["top"]) or "n/a",
             ", ".join(f"{k} {v}" for k, v in hpo["by_state"].items()),
-            (f"{wasted['fraction']:.1%}" if wasted["fraction"] is not None else "n/a")
-            + ("" if wasted["recorded"] else " (not recorded)"),
+            _pct(wasted["fraction"]),
             fmt(comp["seconds"]["mean"], 1), fmt(comp["seconds"]["total"], 0), fmt(comp["epochs"]["total"], 0),
             f"{eff['trials_to_within_tol']} of {eff['n_trials']}" if eff["trials_to_within_tol"] else "n/a",
         ])
@@ -607,6 +606,10 @@ def render_horizon(h: dict[str, Any], p: dict[str, Any]) -> list[str]:
             reasons = ", ".join(f"{r}: {v['count']} ({v['fraction']:.1%})" for r, v in wasted["by_reason"].items())
             lines.append(f"- {st['budget']} wasted trials by reason: {reasons}; "
                          f"{_pct(wasted['seconds_fraction'])} of the compute time.")
+        else:
+            lines.append(f"- {st['budget']}: no wasted trial among {wasted['n_finished']} finished.")
+        if wasted["fail_reasons"]:
+            lines.append("  Failures: " + "; ".join(f"{r} x{c}" for r, c in wasted["fail_reasons"].items()) + ".")
         phases = ", ".join(f"{k} {v}" for k, v in st["hpo"]["by_phase"].items())
         best_phase = ", ".join(f"{k} {v:.4f}" for k, v in st["hpo"]["best_by_phase"].items())
         lines.append(f"- {st['budget']} trials by phase: {phases}; best val AUC by phase: {best_phase or 'n/a'}.")
@@ -617,19 +620,23 @@ def render_horizon(h: dict[str, Any], p: dict[str, Any]) -> list[str]:
     lines += ["### Coverage", ""]
     for st in h["studies"]:
         cov = st["coverage"]
-        lines.append(f"**{st['budget']}**: {cov['n_explored']} explored trials ({cov['n_tpe']} chosen by TPE), "
-                     f"mean coverage {_pct(cov['overall'])} of {cov['bins']}-bin axes.")
+        lines.append(f"**{st['budget']}**: {cov['n_explored']} explored trials ({cov['n_tpe']} chosen by TPE); "
+                     f"mean coverage over parameters and pairs {_pct(cov['overall'])} of reachable bins "
+                     f"({cov['bins']} bins per continuous axis, one per value for small discrete ones).")
         lines.append("")
         rows = []
         for name, e in cov["params"].items():
             focus = e.get("tpe_focus")
-            rows.append([name, f"{e['fraction']:.0%}", ", ".join(e["empty"]) or "none",
+            rows.append([name, _pct(e["fraction"]), ", ".join(e["empty"]) or "none",
+                         ", ".join(e["unreachable"]) or "-",
                          f"{focus['bin']} ({focus['share']:.0%} of TPE trials, {focus['vs_uniform']:.1f}x uniform)"
                          if focus else "no TPE trials"])
-        lines += md_table(["parameter", "bins explored", "never explored", "TPE concentrated in"], rows)
+        lines += md_table(["parameter", "bins explored", "never explored", "unreachable at this budget",
+                           "TPE concentrated in"], rows)
         for pair in cov["pairs"]:
             empty = pair["empty"]
-            lines.append(f"- pair {pair['params'][0]} x {pair['params'][1]}: {pair['fraction']:.0%} of cells explored; "
+            lines.append(f"- pair {pair['params'][0]} x {pair['params'][1]} ({cov['pairs_from']}): "
+                         f"{_pct(pair['fraction'])} of {pair['n_reachable']} reachable cells explored; "
                          f"{len(empty)} never explored" + (f" (e.g. {'; '.join(empty[:4])})" if empty else "") + ".")
         if cov["tpe_concentrated"]:
             lines.append(f"- TPE put at least half of its trials into one bin of: {', '.join(cov['tpe_concentrated'])}.")
@@ -763,6 +770,8 @@ def write_plots(h: dict[str, Any], inputs: HorizonInputs, out: Path) -> list[Pat
             written.append(plots.coverage_heatmap(
                 {n: e["counts"] for n, e in cov["params"].items()}, out / f"{tag}_{s.budget}_coverage.png",
                 bin_labels={n: e["labels"] for n, e in cov["params"].items()},
+                unreachable={n: [b for b in range(e["n_bins"]) if b not in e["reachable"]]
+                             for n, e in cov["params"].items()},
                 title=f"Coverage, {inputs.tier} {s.budget} h{inputs.horizon} ({cov['n_explored']} explored trials)"))
     sc = h["scaling"]
     if sc["available"]:
@@ -816,8 +825,7 @@ def build_report(tier: str, cfg: ReportParams, out_dir: Path,
         h = analyse(inputs, cfg)
         write_plots(h, inputs, plot_dir)
         horizons.append(h)
-    report = {"tier": tier, "params": config.to_dict(cfg), "horizons": horizons, **provenance.run_tags(),
-              "experiment_id": _experiment_id(tier)}
+    report = {"tier": tier, "params": config.to_dict(cfg), "horizons": horizons, **provenance.run_tags()}
     report["headline"] = headline(report)
     (out_dir / "summary.md").write_text(render_markdown(report))
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=_json_default) + "\n")
@@ -843,25 +851,45 @@ def _experiment_id(tier: str) -> str | None:
     return None
 
 
-def resolve_experiment(tier: str) -> str:
-    """The id of the MLflow experiment the tier's studies logged to; it must exist in the store."""
+def resolve_experiment(tier: str) -> tuple[str, str | None]:
+    """``(experiment_id, parent_run_id)`` of the report run, as the HPO engine places its studies.
+
+    Under ``mlflow run`` (``MLFLOW_RUN_ID`` set) the report nests under that run, in its experiment.
+    Otherwise it goes to the experiment recorded in the tier's ``best.json``, which must exist in
+    the tracking store (else the store is not the one the HPO used); a ``best.json`` without one
+    falls back to the engine's experiment name for the tier.
+    """
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    experiment_id = _experiment_id(tier)
-    found = None
-    if experiment_id is not None:
+    from training.search.tracking import experiment_name
+
+    client = MlflowClient(tracking_uri=paths.mlflow_tracking_uri())
+    outer = os.environ.get("MLFLOW_RUN_ID")
+    if outer:
         try:
-            found = MlflowClient(tracking_uri=paths.mlflow_tracking_uri()).get_experiment(experiment_id)
+            return client.get_run(outer).info.experiment_id, outer
         except MlflowException:
-            found = None
+            raise TierHpoError(f"MLFLOW_RUN_ID={outer} is not a run of the tracking store "
+                               f"{paths.mlflow_tracking_uri()}; unset it or fix MLFLOW_TRACKING_URI") from None
+    experiment_id = _experiment_id(tier)
+    if experiment_id is None:
+        found = client.get_experiment_by_name(experiment_name(tier))
+        if found is not None and found.lifecycle_stage == "active":
+            return found.experiment_id, None
+        return client.create_experiment(experiment_name(tier), artifact_location=(
+            f"{paths.mlflow_artifact_root()}/{experiment_name(tier)}")), None
+    try:
+        found = client.get_experiment(experiment_id)
+    except MlflowException:
+        found = None
     if found is None or found.lifecycle_stage != "active":
         raise TierHpoError(
             f"the MLflow experiment of tier {tier} (id {experiment_id}, from best.json) is not in the tracking "
             f"store {paths.mlflow_tracking_uri()}; point MLFLOW_TRACKING_URI at the store the HPO used "
             "(or pass --no-mlflow)"
         )
-    return str(experiment_id)
+    return str(experiment_id), None
 
 
 def log_to_mlflow(report: dict[str, Any], report_dir: Path) -> str:
@@ -875,11 +903,10 @@ def log_to_mlflow(report: dict[str, Any], report_dir: Path) -> str:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=paths.mlflow_tracking_uri())
-    experiment_id = resolve_experiment(report["tier"])
+    experiment_id, parent = resolve_experiment(report["tier"])
     tags = {"stage": "report", "tier": report["tier"], "git_commit": report["git_commit"],
             "data_version": report["data_version"],
             "horizons": ",".join(str(h["horizon"]) for h in report["horizons"])}
-    parent = os.environ.get("MLFLOW_RUN_ID")
     if parent:
         tags["mlflow.parentRunId"] = parent
     run = client.create_run(experiment_id, run_name=f"report-{report['tier']}", tags=tags)

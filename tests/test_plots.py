@@ -58,7 +58,8 @@ def test_scaling_plot_with_baselines_and_power_law(tmp_path):
 
 def test_coverage_heatmap_ragged_rows(tmp_path):
     occ = {"lr": [3, 0, 2, 1, 0], "dropout": [1, 1, 1, 1, 2], "batch_size": [4, 0, 2]}
-    out = plots.coverage_heatmap(occ, tmp_path / "cov.png", bin_labels={"batch_size": ["32", "64", "128"]})
+    out = plots.coverage_heatmap(occ, tmp_path / "cov.png", bin_labels={"batch_size": ["32", "64", "128"]},
+                                 unreachable={"batch_size": [1]})
     assert_png(out)
 
 

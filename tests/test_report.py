@@ -42,25 +42,36 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def make_study(budget: str, rng: np.random.Generator, storage: str) -> optuna.Study:
-    """10 trials as the HPO engine leaves them: forced then TPE, one failed, one pruned late, one
-    degenerate. Built in memory, then copied into the SQLite storage in one go (fast)."""
+    """Trials as the HPO engine (training.search) leaves them: forced then TPE/coverage phases, one
+    failed, one pruned late, one degenerate, one void; the study's coverage snapshot says that
+    depth 4 with batch size 128 is unreachable. Built in memory, then copied into SQLite in one go."""
     study = optuna.create_study(direction="maximize")
-    for i in range(10):
+    for i in range(11):
         trial = study.ask(SPACE)
         trial.set_user_attr("phase", "forced" if i < 3 else ("coverage" if i == 8 else "tpe"))
+        if i == 10:  # claimed by a worker and given back unrun: counted nowhere
+            trial.set_user_attr("void", True)
+            study.tell(trial, state=TrialState.FAIL)
+            continue
         for epoch in range(3):
             trial.report(0.55 + 0.01 * epoch + 0.002 * i, epoch)
         trial.set_user_attr("epochs", 3)
-        if i == 5:
-            trial.set_user_attr("wasted_reason", "failed")
+        trial.set_user_attr("info", {"timing": {"total_s": 2.0 + i}})
+        if i == 5:  # died before recording anything: the engine counts it as failed
+            trial.set_user_attr("fail_reason", "RuntimeError: NaN loss at epoch 2")
             study.tell(trial, state=TrialState.FAIL)
         elif i == 7:
-            trial.set_user_attr("wasted_reason", "late_pruned")
+            trial.set_user_attr("wasted", "late_pruned")
             study.tell(trial, state=TrialState.PRUNED)
         else:
-            trial.set_user_attr("wasted_reason", "degenerate" if i == 2 else "")
+            trial.set_user_attr("wasted", "degenerate" if i == 2 else None)
             value = 0.62 - 0.02 * abs(np.log10(trial.params["lr"]) + 3.5) + 0.003 * i + rng.normal(0, 0.002)
-            study.tell(trial, float(value))
+            study.tell(trial, float(value) + (0.05 if i == 2 else 0.0))  # the degenerate one never wins
+    axes = {name: {"params": [name], "shape": [n], "occupied": [], "empty": [[b] for b in range(n)]}
+            for name, n in (("lr", 5), ("dropout", 5), ("depth", 4), ("batch_size", 3))}
+    axes["depth.batch_size"] = {"params": ["depth", "batch_size"], "shape": [4, 3], "occupied": [],
+                                "empty": [[i, j] for i in range(4) for j in range(3) if (i, j) != (3, 2)]}
+    study.set_user_attr("coverage", {"overall": 0.8, "n_points": 9, "axes": axes})
     name = f"{TIER}-{budget}-h{H}-0123abcd"
     optuna.copy_study(from_study_name=study.study_name, from_storage=study._storage, to_storage=storage,
                       to_study_name=name)
@@ -79,13 +90,14 @@ def build_pipeline(test_aucs: dict[str, float], *, seed: int = 0) -> None:
     y = (rng.random(N_TEST) < 0.45).astype(int)
     for budget, n_params in BUDGETS.items():
         study = make_study(budget, rng, paths.optuna_storage_url())
-        best = study.best_trial
+        best = max((t for t in study.trials if t.state == TrialState.COMPLETE and not t.user_attrs.get("wasted")),
+                   key=lambda t: t.value)
         out = paths.study_dir(TIER, budget, H)
         out.mkdir(parents=True)
         (out / "best.json").write_text(json.dumps({
             "study_name": study.study_name, "storage": paths.optuna_storage_url(), "tier": TIER, "budget": budget,
             "budget_params": int(budget[:-1]) * 1000, "horizon": H, "seed": 0, "trial_number": best.number,
-            "mlflow_run_id": "r", "parent_run_id": "p", "experiment_id": None, "params": best.params,
+            "mlflow_run_id": "r", "parent_run_id": "p", "experiment_id": "404", "params": best.params,
             "model_config": {}, "train_config": {}, "n_params": n_params, "metrics": {"val/auc": best.value},
             "data_version": "d", "git_commit": "g"}))
         p_raw = scores_for(test_aucs[budget], y, rng)
@@ -151,6 +163,7 @@ def template(tmp_path_factory) -> Path:
         mp.setenv("TIERHPO_OPTUNA_STORAGE", f"sqlite:///{base / 'optuna.db'}")
         write_project(base / "proj")
         build_pipeline(TEST_AUCS)
+    MlflowClient(f"sqlite:///{base / 'mlflow.db'}").search_experiments()  # create the schema once (slow)
     return base
 
 
@@ -160,6 +173,7 @@ def project(tmp_path, monkeypatch, template, isolated_stores) -> Path:
     write_project(root)
     shutil.copytree(template / "proj" / "results", root / "results")
     shutil.copy(template / "optuna.db", isolated_stores / "optuna.db")
+    shutil.copy(template / "mlflow.db", isolated_stores / "mlflow.db")
     monkeypatch.setenv("TIERHPO_ROOT", str(root))
     return root
 
@@ -205,15 +219,21 @@ def test_report_on_a_finished_pipeline(project):
     h = rep["horizons"][0]
     assert [s["budget"] for s in h["studies"]] == ["2K", "20K", "200K"]  # by real parameter count
     hpo = h["studies"][0]["hpo"]
-    assert hpo["by_state"] == {"COMPLETE": 8, "FAIL": 1, "PRUNED": 1}
+    assert hpo["by_state"] == {"COMPLETE": 8, "FAIL": 1, "PRUNED": 1} and hpo["n_void"] == 1
     assert hpo["wasted"]["n_wasted"] == 3 and hpo["wasted"]["fraction"] == pytest.approx(0.3)
     assert set(hpo["wasted"]["by_reason"]) == {"failed", "late_pruned", "degenerate"}
+    assert hpo["wasted"]["fail_reasons"] == {"RuntimeError": 1}
+    best_json = json.loads((paths.study_dir(TIER, "2K", H) / "best.json").read_text())
+    assert hpo["best"]["number"] == best_json["trial_number"]  # the degenerate trial is never the best
     assert len(hpo["top"]) == 5 and hpo["top"][0]["value"] == hpo["best"]["value"]
     assert hpo["compute"]["epochs"]["total"] == 30
+    assert hpo["compute"]["seconds"]["total"] == pytest.approx(sum(2.0 + i for i in range(10)))
     eff = hpo["efficiency"]
     assert 1 <= eff["trials_to_within_tol"] <= 10 and eff["final_best"] == hpo["best"]["value"]
     cov = h["studies"][0]["coverage"]
     assert set(cov["params"]) == set(SPACE) and cov["n_explored"] == 9
+    assert cov["pairs_from"] == "hpo.coverage.pairs" and [p["params"] for p in cov["pairs"]] == [["depth", "batch_size"]]
+    assert cov["pairs"][0]["n_reachable"] == 11 and cov["pairs"][0]["unreachable"] == [[3, 2]]
     assert h["studies"][0]["importance"]["evaluator"] == "PedAnovaImportanceEvaluator"
 
     sc = h["scaling"]
