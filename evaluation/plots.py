@@ -184,28 +184,32 @@ def coverage_heatmap(
     data = np.full((len(names), width), np.nan)
     for i, name in enumerate(names):
         data[i, : len(occupancy[name])] = occupancy[name]
-    fig, ax = plt.subplots(figsize=(2.5 + 0.6 * width, 1.2 + 0.45 * len(names)))
+    top = np.nanmax(data) if np.isfinite(data).any() else 1.0
+    fig, ax = plt.subplots(figsize=(2.5 + 1.35 * width, 1.6 + 0.6 * len(names)))
     colours = matplotlib.colormaps["Blues"].with_extremes(bad="white")
     shown = np.ma.masked_where(~np.isfinite(data) | (data == 0), data)
-    image = ax.imshow(shown, cmap=colours, aspect="auto", vmin=0)
+    image = ax.imshow(shown, cmap=colours, aspect="auto", vmin=0, vmax=max(top, 1.0))
     fig.colorbar(image, ax=ax, label="trials in bin")
     for i, name in enumerate(names):
         blocked = set((unreachable or {}).get(name, ()))
+        labels = (bin_labels or {}).get(name)
         for j, count in enumerate(occupancy[name]):
-            empty = count == 0 and j not in blocked
             if j in blocked and count == 0:
                 ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="#dddddd", hatch="//",
                                            edgecolor="grey", lw=0))
-            elif empty:
+                colour = "dimgrey"
+            elif count == 0:
                 ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, color="#f4a3a3"))
-            label = (bin_labels or {}).get(name)
-            text = f"{int(count)}" + (f"\n{label[j]}" if label else "")
-            ax.text(j, i, text, ha="center", va="center", fontsize="x-small",
-                    color="darkred" if empty else "black")
+                colour = "darkred"
+            else:
+                colour = "white" if count > 0.6 * top else "black"
+            label = "\n" + labels[j].replace("..", "..\n") if labels else ""
+            ax.text(j, i, f"{int(count)}{label}", ha="center", va="center", fontsize=7, color=colour)
     ax.set_yticks(range(len(names)), labels=names)
     ax.set_xticks(range(width), labels=[str(j) for j in range(width)])
-    ax.set(xlabel="bin (low -> high; categoricals in declared order); red: never explored, hatched: unreachable",
-           title=title or "Coverage")
+    ax.set_xlabel("bin, low to high (categoricals in declared order)")
+    ax.set_title((title or "Coverage") + "\nred: never explored; hatched: unreachable at this budget", fontsize=10)
+    ax.grid(False)
     return save_figure(fig, path)
 
 
@@ -214,7 +218,8 @@ def optimization_history(study: Any, path: str | Path, *, title: str = "") -> Pa
     import optuna
     from optuna.visualization.matplotlib import plot_optimization_history
 
-    with warnings.catch_warnings():
+    # Optuna applies plt.style.use("ggplot") globally; keep that style inside this figure only.
+    with warnings.catch_warnings(), matplotlib.rc_context():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         ax = plot_optimization_history(study)
     fig = ax.figure
