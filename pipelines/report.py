@@ -862,8 +862,6 @@ def resolve_experiment(tier: str) -> tuple[str, str | None]:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from training.search.tracking import experiment_name
-
     client = MlflowClient(tracking_uri=paths.mlflow_tracking_uri())
     outer = os.environ.get("MLFLOW_RUN_ID")
     if outer:
@@ -874,6 +872,8 @@ def resolve_experiment(tier: str) -> tuple[str, str | None]:
                                f"{paths.mlflow_tracking_uri()}; unset it or fix MLFLOW_TRACKING_URI") from None
     experiment_id = _experiment_id(tier)
     if experiment_id is None:
+        from training.search.tracking import experiment_name
+
         found = client.get_experiment_by_name(experiment_name(tier))
         if found is not None and found.lifecycle_stage == "active":
             return found.experiment_id, None

@@ -312,8 +312,18 @@ def test_partial_report_marks_missing_sections(project):
     assert not list((project / "reports" / TIER / "plots").glob("*reliability*"))
 
 
-def test_a_failed_rerun_keeps_the_previous_report(project, monkeypatch, capsys):
-    run_cli("--tier", TIER, "--no-mlflow")
+def test_nests_under_mlflow_run_and_a_failed_rerun_keeps_the_previous_report(project, monkeypatch, capsys):
+    # under `mlflow run`, MLFLOW_RUN_ID names the entry point's run: the report run nests under it
+    client = MlflowClient(paths.mlflow_tracking_uri())
+    outer_exp = client.create_experiment("outer", artifact_location=paths.mlflow_artifact_root() + "/outer")
+    outer = client.create_run(outer_exp, run_name="mlflow-run-main").info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", outer)
+    run_cli("--tier", TIER)
+    (child,) = client.search_runs([outer_exp], "tags.stage = 'report'")
+    assert child.data.tags["mlflow.parentRunId"] == outer and child.info.status == "FINISHED"
+    assert client.get_run(outer).info.status == "RUNNING"  # the outer run is mlflow run's to end
+    monkeypatch.delenv("MLFLOW_RUN_ID")
+
     before = (project / "reports" / TIER / "summary.md").read_text()
     (paths.cross_budget_dir(TIER, H) / "matrix.json").write_text("{not json")
     err = cli_error(monkeypatch, capsys, "--tier", TIER, "--no-mlflow")
