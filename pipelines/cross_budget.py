@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import statistics
@@ -42,6 +43,8 @@ import typer
 
 from pipelines import atomic, config, paths, provenance
 from pipelines.errors import TierHpoError
+
+log = logging.getLogger(__name__)
 
 STAGE = "cross-budget"
 METRIC = "val/auc"
@@ -208,13 +211,13 @@ def plan(studies: dict[str, Study], cfg: CrossBudgetConfig, rules: dict[str, Any
 
 
 def recorded_trial_seconds(study: Study) -> float | None:
-    """Median wall time of the study's finished trials (``trials.csv``, else its MLflow child runs)."""
+    """Median wall time of the study's COMPLETE trials (``trials.csv``, else its finished MLflow child runs)."""
     trials = study.directory / "trials.csv"
     if trials.is_file():
         frame = pd.read_csv(trials)
-        if "duration" in frame.columns:
-            done = frame[frame["state"] == "COMPLETE"] if "state" in frame.columns else frame
-            seconds = pd.to_timedelta(done["duration"], errors="coerce").dt.total_seconds().dropna()
+        done = frame[frame["state"] == "COMPLETE"] if "state" in frame.columns else frame
+        if "seconds" in done.columns:
+            seconds = pd.to_numeric(done["seconds"], errors="coerce").dropna()
             if len(seconds):
                 return float(seconds.median())
     return _mlflow_trial_seconds(study)
@@ -413,13 +416,32 @@ def write_outputs(directory: Path, doc: dict[str, Any], table: pd.DataFrame) -> 
 # ---------------------------------------------------------------------------- MLflow
 
 
-def stage_run_tags(stage: str, extra: dict[str, str]) -> dict[str, str]:
-    """Tags of a stage's MLflow run; nested under ``MLFLOW_RUN_ID`` when ``mlflow run`` started us."""
-    tags = {"stage": stage, **provenance.run_tags(), **extra}
-    parent = os.environ.get("MLFLOW_RUN_ID")
-    if parent:
-        tags["mlflow.parentRunId"] = parent
-    return tags
+def create_stage_run(client: Any, experiment_id: str, stage: str, run_name: str, extra_tags: dict[str, str]) -> Any:
+    """A new RUNNING run for a stage, in the studies' experiment (tier experiment), tagged with provenance.
+
+    Under ``mlflow run`` (``MLFLOW_RUN_ID`` set for the entry process) it goes into that run's
+    experiment, nested under it, as the HPO engine does with its studies. Created through the
+    client with an explicit parent: ``mlflow.start_run()`` would *resume* ``MLFLOW_RUN_ID`` instead.
+    """
+    from mlflow.exceptions import MlflowException
+
+    tags = {"stage": stage, **provenance.run_tags(), **extra_tags}
+    outer = os.environ.get("MLFLOW_RUN_ID")
+    if outer:
+        try:
+            experiment_id = client.get_run(outer).info.experiment_id
+            tags["mlflow.parentRunId"] = outer
+        except MlflowException:
+            log.warning("MLFLOW_RUN_ID=%s is not a run of this tracking store; not nesting %s under it", outer, stage)
+    return client.create_run(str(experiment_id), run_name=run_name, tags=tags)
+
+
+def load_data(study: Study) -> Any:
+    """The tier the study was trained on (its symbol, context length), refused unless validated."""
+    from training.dataset import load_data_config, load_tier
+
+    symbol = study.best.get("symbol") or load_data_config().symbol
+    return load_tier(symbol, study.tier, study.horizon, study.model_config().context_len, require_validated=True)
 
 
 def run_cross_budget(tier: str, horizon: int, budgets: list[str], cfg: CrossBudgetConfig, data: Any) -> dict[str, Any]:
@@ -430,9 +452,9 @@ def run_cross_budget(tier: str, horizon: int, budgets: list[str], cfg: CrossBudg
     cells = plan(studies, cfg, solver_rules())
     client = mlflow.MlflowClient(paths.mlflow_tracking_uri())
     mlflow.set_tracking_uri(paths.mlflow_tracking_uri())
-    experiment_id = str(studies[budgets[0]].best["experiment_id"])
-    tags = stage_run_tags(STAGE, {"tier": tier, "horizon": str(horizon), "budgets": ",".join(budgets)})
-    run = client.create_run(experiment_id, run_name=STAGE, tags=tags)
+    run = create_stage_run(client, studies[budgets[0]].best["experiment_id"], STAGE, STAGE,
+                           {"tier": tier, "horizon": str(horizon), "budgets": ",".join(budgets)})
+    experiment_id = run.info.experiment_id
     with mlflow.start_run(run_id=run.info.run_id):
         mlflow.log_params({"seeds": cfg.seeds, "noise_z": cfg.noise_z, "min_noise": cfg.min_noise,
                            "budgets": ",".join(budgets)})
@@ -473,7 +495,7 @@ def main(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and estimated cost; train and write nothing."),
 ) -> None:
     """Retrain each budget's best hyperparameters at every other budget and judge whether they transfer."""
-    from training.dataset import check_tier, load_data_config, load_tier
+    from training.dataset import check_tier
 
     check_tier(tier)
     cfg = config.load(CrossBudgetConfig, "cross_budget", seeds=seeds)
@@ -484,9 +506,7 @@ def main(
         studies = {b: read_study(tier, b, horizon) for b in chosen}
         typer.echo(format_plan(plan(studies, cfg, solver_rules()), tier, horizon))
         return
-    data_cfg = load_data_config()
-    context_len = read_study(tier, chosen[0], horizon).model_config().context_len
-    data = load_tier(data_cfg.symbol, tier, horizon, context_len)
+    data = load_data(read_study(tier, chosen[0], horizon))
     doc = run_cross_budget(tier, horizon, chosen, cfg, data)
     for budget, verdict in doc["transfer"].items():
         typer.echo(f"{budget}: {verdict['summary']}")

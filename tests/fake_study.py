@@ -101,6 +101,7 @@ def make_study(
     best = {
         "study_name": name, "storage": "sqlite:///fake", "tier": data.tier, "budget": budget,
         "budget_params": parse_budget(budget), "horizon": data.horizon, "seed": seed,
+        "symbol": "SYN", "context_len": data.context_len, "n_features": data.n_features,
         "trial_number": trial_number, "mlflow_run_id": child.info.run_id, "parent_run_id": parent.info.run_id,
         "experiment_id": exp,
         "params": {"lr": lr, "dropout": dropout, "n_layers": arch.n_layers, "n_heads": arch.n_heads,
@@ -114,6 +115,5 @@ def make_study(
     (directory / "best.json").write_text(json.dumps(best, indent=2))
     torch.save(state, directory / "model.pt")
     pd.DataFrame({"number": [0, 1, 2, trial_number], "state": ["COMPLETE", "PRUNED", "COMPLETE", "COMPLETE"],
-                  "duration": ["0 days 00:00:02", "0 days 00:00:00.5", "0 days 00:00:04", "0 days 00:00:03"]}
-                 ).to_csv(directory / "trials.csv", index=False)
+                  "seconds": [2.0, 0.5, 4.0, 3.0]}).to_csv(directory / "trials.csv", index=False)
     return best

@@ -158,3 +158,16 @@ def test_missing_study_and_bad_budgets_are_one_line_errors(studies):
     assert isinstance(result.exception, TierHpoError) and "at least two budgets" in str(result.exception)
     with pytest.raises(TierHpoError, match="distinct"):
         cb.resolve_budgets(["2K", "2000"])
+
+
+def test_stage_run_nests_under_an_outer_mlflow_run(studies, monkeypatch):
+    """Under `mlflow run` the stage's run is a new child of MLFLOW_RUN_ID, in that run's experiment."""
+    client = mlflow.MlflowClient(paths.mlflow_tracking_uri())
+    outer_exp = client.create_experiment("outer", artifact_location=paths.mlflow_artifact_root())
+    outer = client.create_run(outer_exp)
+    monkeypatch.setenv("MLFLOW_RUN_ID", outer.info.run_id)
+    run = cb.create_stage_run(client, studies[1]["2K"]["experiment_id"], "cross-budget", "cross-budget", {})
+    client.set_terminated(run.info.run_id)
+    client.set_terminated(outer.info.run_id)
+    assert run.info.run_id != outer.info.run_id and run.info.experiment_id == outer_exp
+    assert run.data.tags["mlflow.parentRunId"] == outer.info.run_id

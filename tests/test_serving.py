@@ -110,24 +110,6 @@ def test_model_loads_from_code_without_pickles(saved_model):
     assert "model_code_path" in mlmodel and "python_model.pkl" not in mlmodel
 
 
-def test_loads_and_predicts_in_a_new_process(tiny_model, saved_model, tmp_path):
-    spec, _, net = tiny_model
-    rows = raw_rows(L, seed=11)
-    rows.to_json(tmp_path / "in.json", orient="split")
-    code = (
-        "import sys, json, pandas as pd, mlflow\n"
-        "m = mlflow.pyfunc.load_model(sys.argv[1])\n"
-        "df = pd.read_json(sys.argv[2], orient='split')\n"
-        "print(json.dumps([float(v) for v in m.predict(df)]))\n"
-    )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    out = subprocess.run([sys.executable, "-c", code, str(saved_model), str(tmp_path / "in.json")],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    p = json.loads(out.stdout.strip().splitlines()[-1])
-    np.testing.assert_allclose(p, expected(spec, net, rows.to_numpy()[None]), rtol=1e-5)
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
