@@ -158,13 +158,37 @@ def discover_horizons(tier: str) -> list[int]:
     return horizons
 
 
+def open_storage() -> Any:
+    """The HPO's Optuna storage, read-only in spirit: a missing SQLite file is an error, not a new database."""
+    import optuna
+    from sqlalchemy.engine import make_url
+
+    from training.search.storage_checks import check_storage_reachable, normalize_storage_url, redact_url
+
+    raw = paths.optuna_storage_url()
+    url = normalize_storage_url(raw)
+    if url.startswith("sqlite"):
+        db = Path(make_url(url).database or "")
+        if not db.is_file():
+            raise TierHpoError(f"the Optuna storage {redact_url(raw)} does not exist; point TIERHPO_OPTUNA_STORAGE "
+                               "at the storage the HPO used")
+        kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}}  # an HPO worker may hold the write lock
+    else:
+        url = check_storage_reachable(url)
+        kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
+    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, skip_table_creation=True)
+
+
 def load_studies(tier: str, horizon: int) -> list[Study]:
     import optuna
 
+    from training.search.storage_checks import redact_url
+
     root = paths.results_dir() / "hpo" / tier
-    storage = paths.optuna_storage_url()
+    best_paths = sorted(root.glob(f"*/h{horizon}/best.json"))
+    storage = open_storage() if best_paths else None
     studies = []
-    for best_path in sorted(root.glob(f"*/h{horizon}/best.json")):
+    for best_path in best_paths:
         budget = best_path.parent.parent.name
         best = _read_json(best_path)
         for key in ("study_name", "n_params", "params", "metrics"):
@@ -176,17 +200,11 @@ def load_studies(tier: str, horizon: int) -> list[Study]:
         except KeyError:
             raise TierHpoError(
                 f"study '{best['study_name']}' named in {best_path} is not in the Optuna storage "
-                f"{provenance_safe(storage)}; point TIERHPO_OPTUNA_STORAGE at the storage the HPO used"
+                f"{redact_url(paths.optuna_storage_url())}; point TIERHPO_OPTUNA_STORAGE at the storage the HPO used"
             ) from None
         studies.append(Study(budget, best, study))
     studies.sort(key=lambda s: (s.n_params, s.budget))
     return studies
-
-
-def provenance_safe(url: str) -> str:
-    from training.search.storage_checks import redact_url
-
-    return redact_url(url)
 
 
 def load_promote(tier: str, horizon: int, budgets: list[str], studies: list[Study]) -> dict[str, Any] | Missing:
@@ -253,7 +271,7 @@ def unavailable(reason: str) -> dict[str, Any]:
     return {"available": False, "reason": reason}
 
 
-def test_scores(promote: dict[str, dict[str, Any]], column: str = "p_raw") -> pd.DataFrame:
+def shared_test_days(promote: dict[str, dict[str, Any]], column: str = "p_raw") -> pd.DataFrame:
     """One row per test day shared by every budget: ``date``, ``y`` and one score column per budget.
 
     AUC uses the raw (uncalibrated) probabilities: calibration is monotone, but isotonic
@@ -279,7 +297,7 @@ def scaling_section(inputs: HorizonInputs, cfg: ReportParams) -> dict[str, Any]:
         return unavailable(inputs.promote.line())
     if len(inputs.studies) < 2:
         return unavailable(f"one budget only ({inputs.studies[0].budget}); scaling needs at least two")
-    scores = test_scores(inputs.promote)
+    scores = shared_test_days(inputs.promote)
     n_days = {b: len(p["predictions"]) for b, p in inputs.promote.items()}
     try:
         result = stats.scaling_verdict(
@@ -317,7 +335,7 @@ def baselines_section(inputs: HorizonInputs, cfg: ReportParams) -> dict[str, Any
     if isinstance(inputs.promote, Missing):
         out["comparisons_reason"] = inputs.promote.line()
         return out
-    transformer = test_scores(inputs.promote)
+    transformer = shared_test_days(inputs.promote)
     joined = transformer.merge(test[["date", "y", *BASELINES]].rename(columns={"y": "y_base"}), on="date")
     if not (joined["y"] == joined["y_base"]).all():
         raise TierHpoError("baseline and transformer test labels disagree on the same days; rerun baselines and promote")

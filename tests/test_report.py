@@ -344,6 +344,10 @@ def test_stale_promotion_and_missing_study_are_refused(project, monkeypatch, cap
     assert "rerun `tierhpo cross-budget --tier a50 --horizon 1`" in cli_error(monkeypatch, capsys, "--tier", TIER)
     optuna.delete_study(study_name=f"{TIER}-20K-h{H}-0123abcd", storage=paths.optuna_storage_url())
     assert "is not in the Optuna storage" in cli_error(monkeypatch, capsys, "--tier", TIER)
+    missing = project / "nowhere.db"
+    monkeypatch.setenv("TIERHPO_OPTUNA_STORAGE", f"sqlite:///{missing}")
+    assert "does not exist" in cli_error(monkeypatch, capsys, "--tier", TIER)
+    assert not missing.exists()  # reading never creates a storage
 
 
 def test_no_hpo_results(project, monkeypatch, capsys):
