@@ -1,0 +1,294 @@
+"""MLflow side of a study: one experiment per tier, one parent run per study, one nested run per trial.
+
+Everything goes through ``MlflowClient`` with explicit run ids, never the fluent "active run"
+API, so the parent link (``mlflow.parentRunId``) holds whichever process or worker runs a trial.
+The parent's run id is stored in the study's user attributes; every worker and every resume reuses it.
+
+Under ``mlflow run`` (``MLFLOW_RUN_ID`` set for the entry process) the study's parent run is
+created in that run's experiment and nested under it; the outer run itself is left to ``mlflow run``.
+
+Run statuses follow the trial: FINISHED (complete), KILLED (pruned, interrupted, worker died),
+FAILED (exception, NaN loss, infeasible). Callers end runs in ``finally`` blocks, and
+:meth:`StudyTracking.reconcile` closes any run a killed process left RUNNING.
+
+Per-epoch step metrics are buffered and flushed at most every ``log_every_s`` seconds (and at the
+end of the trial): one ``log_batch`` per flush keeps the tracking overhead small for short epochs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from pipelines import paths
+from pipelines.errors import TierHpoError
+
+log = logging.getLogger(__name__)
+
+PARENT_TAG = "mlflow.parentRunId"
+ROLE_TAG = "tierhpo.role"  # "study" | "trial"
+STUDY_TAG = "tierhpo.study"
+TRIAL_TAG = "tierhpo.trial_number"
+PARENT_ATTR = "mlflow_parent_run_id"  # study user attr
+EXPERIMENT_ATTR = "mlflow_experiment_id"
+RUN_ATTR = "mlflow_run_id"  # trial user attr
+_BATCH = {"metrics": 1000, "params": 100, "tags": 100}  # MLflow's per-request limits
+_BATCH_TOTAL = 1000
+
+
+def experiment_name(tier: str) -> str:
+    return f"tierhpo-{tier}"
+
+
+def _local_store(uri: str) -> bool:
+    """Database/file stores keep artifacts where we say; servers (http, databricks) decide themselves."""
+    return urlparse(uri).scheme in ("", "file", "sqlite", "postgresql", "mysql", "mssql")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _str(value: Any) -> str:
+    return str(value)[:6000]
+
+
+class Timer:
+    """Seconds spent inside tracking calls (the overhead the benchmark reports)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
+class StudyTracking:
+    def __init__(self, study_name: str, tier: str, *, tracking_uri: str | None = None) -> None:
+        self.uri = tracking_uri or paths.mlflow_tracking_uri()
+        self.client = MlflowClient(self.uri)
+        self.study_name, self.tier = study_name, tier
+        self.timer = Timer()
+        self.experiment_id: str | None = None
+        self.parent_run_id: str | None = None
+
+    # ------------------------------------------------------------------ experiment and parent
+
+    def _outer_run(self) -> Any | None:
+        run_id = os.environ.get("MLFLOW_RUN_ID")
+        if not run_id:
+            return None
+        try:
+            return self.client.get_run(run_id)
+        except MlflowException:
+            log.warning("MLFLOW_RUN_ID=%s is not a run of %s; not nesting the study under it", run_id, self.uri)
+            return None
+
+    def ensure_experiment(self) -> str:
+        name = experiment_name(self.tier)
+        with self.timer():
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                location = f"{paths.mlflow_artifact_root()}/{name}" if _local_store(self.uri) else None
+                try:
+                    return self.client.create_experiment(name, artifact_location=location)
+                except MlflowException:  # created meanwhile by another worker
+                    exp = self.client.get_experiment_by_name(name)
+                    if exp is None:
+                        raise
+            if exp.lifecycle_stage == "deleted":
+                self.client.restore_experiment(exp.experiment_id)
+            return exp.experiment_id
+
+    def open_parent(self, stored_run_id: str | None, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
+        """The study's parent run: the stored one if it still exists, else a found or new one; set RUNNING."""
+        with self.timer():
+            run = self._existing(stored_run_id)
+            if run is None:
+                outer = self._outer_run()
+                self.experiment_id = outer.info.experiment_id if outer else self.ensure_experiment()
+                run = self._find_parent() or self._create_parent(outer, params, tags)
+            self.experiment_id = run.info.experiment_id
+            self.parent_run_id = run.info.run_id
+            if run.info.status != "RUNNING":
+                self.client.update_run(run.info.run_id, status="RUNNING")
+        return self.parent_run_id
+
+    def _existing(self, run_id: str | None) -> Any | None:
+        if not run_id:
+            return None
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            log.warning("parent run %s of study %s is not in %s; creating a new one", run_id, self.study_name, self.uri)
+            return None
+        return run if run.info.lifecycle_stage == "active" else None
+
+    def _find_parent(self) -> Any | None:
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{STUDY_TAG}` = '{self.study_name}' and tags.`{ROLE_TAG}` = 'study'",
+            order_by=["attributes.start_time ASC"],
+            max_results=10,
+        )
+        # Two workers may race to create it: the earliest wins everywhere.
+        return min(runs, key=lambda r: (r.info.start_time, r.info.run_id)) if runs else None
+
+    def _create_parent(self, outer: Any | None, params: Mapping[str, Any], tags: Mapping[str, str]) -> Any:
+        all_tags = {**tags, ROLE_TAG: "study", STUDY_TAG: self.study_name}
+        if outer is not None:
+            all_tags[PARENT_TAG] = outer.info.run_id
+        run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=self.study_name)
+        self._log_batch(run.info.run_id, params={k: _str(v) for k, v in params.items()})
+        winner = self._find_parent()
+        if winner is not None and winner.info.run_id != run.info.run_id:
+            self.client.delete_run(run.info.run_id)
+            return winner
+        return run
+
+    def finish_parent(self, status: str, metrics: Mapping[str, float], tags: Mapping[str, str],
+                      artifacts: list[tuple[str, Path]] | None = None, dicts: Mapping[str, Any] | None = None) -> None:
+        """Log the study summary to the parent run and end it with ``status``."""
+        assert self.parent_run_id is not None
+        with self.timer():
+            self._log_batch(self.parent_run_id, metrics=_finite(metrics), tags=tags)
+            for artifact_dir, local in artifacts or []:
+                self.client.log_artifact(self.parent_run_id, str(local), artifact_dir or None)
+            for name, obj in (dicts or {}).items():
+                self.client.log_dict(self.parent_run_id, obj, name)
+            self.client.set_terminated(self.parent_run_id, status)
+
+    def set_parent_status(self, status: str) -> None:
+        if self.parent_run_id is not None:
+            with self.timer():
+                self.client.set_terminated(self.parent_run_id, status)
+
+    # ------------------------------------------------------------------ trials
+
+    def start_trial(self, number: int, params: Mapping[str, Any], tags: Mapping[str, str],
+                    log_every_s: float = 15.0, metrics: Mapping[str, float] | None = None) -> TrialRun:
+        assert self.parent_run_id is not None and self.experiment_id is not None
+        with self.timer():
+            all_tags = {**tags, PARENT_TAG: self.parent_run_id, ROLE_TAG: "trial", STUDY_TAG: self.study_name,
+                        TRIAL_TAG: str(number)}
+            run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=f"trial-{number:03d}")
+            self._log_batch(run.info.run_id, metrics=_finite(metrics or {}),
+                            params={k: _str(v) for k, v in params.items()})
+        return TrialRun(self, run.info.run_id, log_every_s)
+
+    def close_run(self, run_id: str, status: str, tags: Mapping[str, str]) -> None:
+        """End a run another process left RUNNING (its trial was failed by heartbeat or is finished)."""
+        with self.timer():
+            try:
+                run = self.client.get_run(run_id)
+            except MlflowException:
+                return
+            if run.info.status == "RUNNING":
+                self._log_batch(run_id, tags=tags)
+                self.client.set_terminated(run_id, status)
+
+    def running_trial_runs(self) -> list[Any]:
+        """Trial runs of this study still marked RUNNING."""
+        if self.parent_run_id is None:
+            return []
+        with self.timer():
+            return self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}' and attributes.status = 'RUNNING'",
+                max_results=1000,
+            )
+
+    def _log_batch(self, run_id: str, metrics: Mapping[str, float] | list[Metric] | None = None,
+                   params: Mapping[str, str] | None = None, tags: Mapping[str, str] | None = None) -> None:
+        """One ``log_batch`` request when MLflow's limits allow (each request costs tens of ms on a
+        SQLite store, whatever its size), else as few as the limits allow."""
+        if isinstance(metrics, Mapping):
+            stamp = _now_ms()
+            metrics = [Metric(k, float(v), stamp, 0) for k, v in metrics.items()]
+        items = {
+            "metrics": list(metrics or []),
+            "params": [Param(k, v) for k, v in (params or {}).items()],
+            "tags": [RunTag(k, _str(v)) for k, v in (tags or {}).items()],
+        }
+        while any(items.values()):
+            room = _BATCH_TOTAL
+            chunk = {}
+            for kind, values in items.items():
+                take = min(len(values), _BATCH[kind], room)
+                chunk[kind], items[kind] = values[:take], values[take:]
+                room -= take
+            self.client.log_batch(run_id, **chunk)
+
+
+class TrialRun:
+    """The nested run of one trial. Use :meth:`end` exactly once (callers do it in ``finally``)."""
+
+    def __init__(self, tracking: StudyTracking, run_id: str, log_every_s: float) -> None:
+        self.tracking, self.run_id, self.log_every_s = tracking, run_id, log_every_s
+        self._pending: list[Metric] = []
+        self._last_flush = time.monotonic()
+        self.ended = False
+
+    def log_epoch(self, step: int, metrics: Mapping[str, float]) -> None:
+        with self.tracking.timer():
+            stamp = _now_ms()
+            self._pending += [Metric(k, float(v), stamp, step) for k, v in _finite(metrics).items()]
+            if time.monotonic() - self._last_flush >= self.log_every_s:
+                self.flush()
+
+    def flush(self) -> None:
+        with self.tracking.timer():
+            if self._pending:
+                self.tracking._log_batch(self.run_id, metrics=self._pending)
+                self._pending = []
+            self._last_flush = time.monotonic()
+
+    def log_state_dict(self, state_dict: Mapping[str, Any], artifact_file: str = "checkpoint/model.pt") -> None:
+        import torch
+
+        with self.tracking.timer(), tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / Path(artifact_file).name
+            torch.save(dict(state_dict), local)
+            self.tracking.client.log_artifact(self.run_id, str(local), str(Path(artifact_file).parent))
+
+    def end(self, status: str, metrics: Mapping[str, float] | None = None, tags: Mapping[str, str] | None = None,
+            dicts: Mapping[str, Any] | None = None) -> None:
+        """Flush step metrics, log the final ``metrics``/``tags`` (one request) and JSON ``dicts``,
+        then set the final status. Idempotent; the status is set even if logging fails."""
+        if self.ended:
+            return
+        self.ended = True
+        if status not in ("FINISHED", "FAILED", "KILLED"):
+            raise TierHpoError(f"unknown MLflow run status {status}")
+        with self.tracking.timer():
+            try:
+                stamp = _now_ms()
+                final = self._pending + [Metric(k, v, stamp, 0) for k, v in _finite(metrics or {}).items()]
+                self._pending = []
+                self.tracking._log_batch(self.run_id, metrics=final, tags=tags)
+                for name, obj in (dicts or {}).items():
+                    self.tracking.client.log_dict(self.run_id, obj, name)
+            finally:
+                self.tracking.client.set_terminated(self.run_id, status)
+
+
+def _finite(metrics: Mapping[str, float]) -> dict[str, float]:
+    import math
+
+    return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
