@@ -109,6 +109,9 @@ def hpo_summary(study: optuna.Study, *, top_k: int = 5, tol: float = 0.005) -> d
         },
         "compute": {"seconds": _describe(timed), "epochs": _describe(epochs)},
         "efficiency": trial_efficiency(trials, tol=tol, maximize=maximize),
+        "history": [{"number": t.number, "state": t.state.name, "phase": t.user_attrs.get(PHASE_ATTR),
+                     "value": t.value if t.state == TrialState.COMPLETE else None, "wasted": reasons[t.number]}
+                    for t in finished],
     }
 
 

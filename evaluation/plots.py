@@ -1,13 +1,12 @@
-"""Shared PNG plots: reliability diagram, annotated heatmap, scaling plot, coverage heatmap, Optuna history.
+"""Shared PNG plots: reliability diagram, annotated heatmap, scaling plot, coverage heatmap, optimisation history.
 
 Every function draws with matplotlib's Agg backend (no display needed), writes the PNG
 atomically (``pipelines.atomic``: a failed plot never leaves a half-written file), closes the
-figure and returns the path. Optuna's own figures come from ``optuna.visualization.matplotlib``.
+figure and returns the path.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -103,19 +102,23 @@ def heatmap(
         cbar.set_label(cbar_label)
     ax.set_xticks(range(len(col_labels)), labels=[str(c) for c in col_labels], rotation=30, ha="right")
     ax.set_yticks(range(len(row_labels)), labels=[str(r) for r in row_labels])
-    finite = data[np.isfinite(data)]
-    mid = (finite.min() + finite.max()) / 2 if finite.size else 0.0
     for i in range(data.shape[0]):
         for j in range(data.shape[1]):
             if annotations is not None:
                 text = annotations[i][j]
             else:
                 text = fmt.format(data[i, j]) if np.isfinite(data[i, j]) else "n/a"
-            dark_cell = np.isfinite(data[i, j]) and data[i, j] < mid
-            ax.text(j, i, text, ha="center", va="center", fontsize="small",
-                    color="white" if dark_cell and cmap == "viridis" else "black")
+            ax.text(j, i, text, ha="center", va="center", fontsize="small", color=_text_colour(image, data[i, j]))
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     return save_figure(fig, path)
+
+
+def _text_colour(image: Any, value: float) -> str:
+    """Black on light cells, white on dark ones (relative luminance of the cell's colour)."""
+    if not np.isfinite(value):
+        return "black"
+    r, g, b, _ = image.cmap(image.norm(value))
+    return "white" if 0.2126 * r + 0.7152 * g + 0.0722 * b < 0.5 else "black"
 
 
 def scaling_plot(
@@ -213,17 +216,44 @@ def coverage_heatmap(
     return save_figure(fig, path)
 
 
-def optimization_history(study: Any, path: str | Path, *, title: str = "") -> Path:
-    """``optuna.visualization.matplotlib.plot_optimization_history`` of one study, as a PNG."""
-    import optuna
-    from optuna.visualization.matplotlib import plot_optimization_history
+def optimization_history(
+    points: Sequence[Mapping[str, Any]], path: str | Path, *, tol: float | None = None, title: str = ""
+) -> Path:
+    """Objective of every finished trial by trial number, by phase, with the running best.
 
-    # Optuna applies plt.style.use("ggplot") globally; keep that style inside this figure only.
-    with warnings.catch_warnings(), matplotlib.rc_context():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        ax = plot_optimization_history(study)
-    fig = ax.figure
-    fig.set_size_inches(7, 4.5)
-    if title:
-        ax.set_title(title)
+    ``points``: dicts with ``number``, ``value`` (None for failed / pruned trials), ``phase`` and
+    ``wasted`` (a reason, or None when useful). Drawn here rather than with Optuna's
+    ``plot_optimization_history`` because Optuna's best line runs over every COMPLETE trial,
+    including the ones the engine classifies as wasted (degenerate), so it would show a best the
+    study never selected. ``tol`` draws the band "within tol of the final best" used by the
+    trial-efficiency figure.
+    """
+    pts = sorted(points, key=lambda p: p["number"])
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    scored = [p for p in pts if p.get("value") is not None and np.isfinite(p["value"])]
+    for k, phase in enumerate(sorted({str(p.get("phase")) for p in scored})):
+        mine = [p for p in scored if str(p.get("phase")) == phase and not p.get("wasted")]
+        if mine:
+            ax.scatter([p["number"] for p in mine], [p["value"] for p in mine], s=22, color=f"C{k}",
+                       label=f"{phase}", zorder=3)
+    wasted = [p for p in scored if p.get("wasted")]
+    if wasted:
+        ax.scatter([p["number"] for p in wasted], [p["value"] for p in wasted], marker="x", s=30, color="black",
+                   label="wasted (" + ", ".join(sorted({str(p["wasted"]) for p in wasted})) + ")", zorder=3)
+    useful = [p for p in scored if not p.get("wasted")]
+    if useful:
+        numbers = [p["number"] for p in useful]
+        best = np.maximum.accumulate([p["value"] for p in useful])
+        last = pts[-1]["number"]
+        ax.step([*numbers, last], [*best, best[-1]], where="post", color="firebrick", lw=1.5, label="best so far")
+        if tol is not None:
+            ax.axhspan(best[-1] - tol, best[-1], color="firebrick", alpha=0.1, label=f"within {tol} of final best")
+    unscored = [p for p in pts if p.get("value") is None or not np.isfinite(p["value"])]
+    if unscored and scored:
+        low = min(p["value"] for p in scored)
+        ax.scatter([p["number"] for p in unscored], [low] * len(unscored), marker="|", s=80, color="grey",
+                   label="failed / pruned (no value)", zorder=2)
+    ax.set(xlabel="trial number", ylabel="validation AUC", title=title or "Optimisation history")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
     return save_figure(fig, path)

@@ -658,7 +658,10 @@ def render_horizon(h: dict[str, Any], p: dict[str, Any]) -> list[str]:
                          f"{len(empty)} never explored" + (f" (e.g. {'; '.join(empty[:4])})" if empty else "") + ".")
         if cov["tpe_concentrated"]:
             lines.append(f"- TPE put at least half of its trials into one bin of: {', '.join(cov['tpe_concentrated'])}.")
-        lines += [f"![coverage {st['budget']}](plots/{tag}_{st['budget']}_coverage.png)", ""]
+        lines += [f"![coverage {st['budget']}](plots/{tag}_{st['budget']}_coverage.png)"]
+        lines += [f"![coverage {st['budget']} {p['params'][0]} x {p['params'][1]}]"
+                  f"(plots/{pair_plot_name(tag, st['budget'], *p['params'])})" for p in cov["pairs"]]
+        lines.append("")
 
     lines += ["### Parameter importance", ""]
     for st in h["studies"]:
@@ -776,13 +779,18 @@ def render_baselines(bl: dict[str, Any], p: dict[str, Any]) -> list[str]:
 # ============================================================================ plots
 
 
+def pair_plot_name(tag: str, budget: str, a: str, b: str) -> str:
+    return f"{tag}_{budget}_coverage_{a}_x_{b}.png"
+
+
 def write_plots(h: dict[str, Any], inputs: HorizonInputs, out: Path) -> list[Path]:
     tag = f"h{h['horizon']}"
     written = []
     for s, st in zip(inputs.studies, h["studies"], strict=True):
-        if st["hpo"]["best"] is not None:
-            written.append(plots.optimization_history(s.study, out / f"{tag}_{s.budget}_history.png",
-                                                      title=f"{inputs.tier} {s.budget} h{inputs.horizon}"))
+        if st["hpo"]["history"]:
+            written.append(plots.optimization_history(
+                st["hpo"]["history"], out / f"{tag}_{s.budget}_history.png", tol=st["hpo"]["efficiency"]["tol"],
+                title=f"{inputs.tier} {s.budget} h{inputs.horizon}: validation AUC by trial"))
         cov = st["coverage"]
         if cov["params"]:
             written.append(plots.coverage_heatmap(
@@ -791,6 +799,15 @@ def write_plots(h: dict[str, Any], inputs: HorizonInputs, out: Path) -> list[Pat
                 unreachable={n: [b for b in range(e["n_bins"]) if b not in e["reachable"]]
                              for n, e in cov["params"].items()},
                 title=f"Coverage, {inputs.tier} {s.budget} h{inputs.horizon} ({cov['n_explored']} explored trials)"))
+        for pair in cov["pairs"]:
+            a, b = pair["params"]
+            counts = np.array(pair["counts"], dtype=np.float64)
+            for i, j in pair["unreachable"]:
+                counts[i, j] = np.nan  # grey: no feasible architecture there
+            written.append(plots.heatmap(
+                counts, pair["row_labels"], pair["col_labels"], out / pair_plot_name(tag, s.budget, a, b),
+                fmt="{:.0f}", cmap="Blues", vmin=0, xlabel=b, ylabel=a, cbar_label="explored trials",
+                title=f"{inputs.tier} {s.budget} h{inputs.horizon}: {a} x {b}\n0 = never explored, n/a = unreachable"))
     sc = h["scaling"]
     if sc["available"]:
         bl = h["baselines"]

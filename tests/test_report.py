@@ -247,7 +247,7 @@ def test_report_on_a_finished_pipeline(project):
 
     # every image the summary shows exists and is a real PNG
     shown = re.findall(r"\]\((plots/[^)]+\.png)\)", md)
-    assert len(shown) == 3 + 3 + 1 + 1 + 3  # history, coverage, scaling, cross-budget, reliability
+    assert len(shown) == 3 + 3 + 3 + 1 + 1 + 3  # history, coverage, pair coverage, scaling, cross-budget, reliability
     for rel in shown:
         png = out / rel
         assert png.stat().st_size > 5_000 and png.read_bytes()[:4] == b"\x89PNG"
