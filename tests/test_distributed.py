@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import signal
+import threading
 import time
 
 import optuna
 import pg_fixtures
 import pytest
+import sqlalchemy
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
 from pg_fixtures import database_exists, database_url, free_port
 
 from pipelines.errors import TierHpoError
 from training.search import storage_checks as sc
+from training.search.config import PrunerConfig, StorageConfig
+from training.search.coverage import CoverageConfig
+from training.search.space import ParamConfig, SearchSpace
+from training.search.study import StudySpec, WorkerSettings, build_engine
+from training.search.tracking import PARENT_ATTR, PARENT_TAG, RUN_ATTR, TRIAL_TAG
+from training.search.workers import available_cpus, run_workers
+from training.synthetic import synthetic_tier
+from training.trainer import TrainConfig
 
 # Fixtures, used by parameter name.
 postgres_server = pg_fixtures.postgres_server
@@ -150,3 +163,165 @@ def test_study_lock_is_exclusive_and_dies_with_its_holder(backend, pg_database, 
         if holder.is_alive():  # never set() after the SIGKILL: the dead waiter would block it
             holder.kill()
         holder.join(10)
+
+
+# ---------------------------------------------------------------- workers on a real study
+
+SPACE = SearchSpace.from_config({
+    "lr": ParamConfig("float", 1e-3, 1e-2, log=True),
+    "dropout": ParamConfig("float", 0.0, 0.2),
+    "n_layers": ParamConfig("int", 1, 2),
+    "n_heads": ParamConfig("categorical", choices=[1, 2]),
+    "batch_size": ParamConfig("categorical", choices=[64, 128]),
+})
+SECRET = "not-a-real-secret"  # trust auth ignores it; it must never show up anywhere
+
+
+def tiny_data():
+    return synthetic_tier(n_days=420, n_features=6, context_len=8, seed=1)
+
+
+def tiny_spec(data, **over) -> StudySpec:
+    base = dict(
+        tier="a20", budget="5K", horizon=1, space=SPACE, n_features=data.n_features, context_len=data.context_len,
+        data_version="synthetic-1", train=TrainConfig(max_epochs=2, patience=2, progress=False, eval_batch_size=512),
+        forced=4, coverage=CoverageConfig(bins=3, target=0.8, pairs=[["lr", "batch_size"]]),
+        pruner=PrunerConfig(kind="none"),
+    )
+    base.update(over)
+    return StudySpec(**base)
+
+
+def settings(tracking_uri: str | None = None) -> WorkerSettings:
+    return WorkerSettings(storage=StorageConfig(heartbeat_interval=1, grace_period=3, poll_seconds=0.5),
+                          log_every_s=0.0, tracking_uri=tracking_uri)
+
+
+def with_password(url: str) -> str:
+    return url.replace("postgres@", f"postgres:{SECRET}@", 1)
+
+
+def load(url: str, spec: StudySpec) -> optuna.Study:
+    return optuna.load_study(study_name=spec.study_name, storage=sc.normalize_storage_url(url))
+
+
+def trial_runs(client: MlflowClient, parent_id: str) -> list:
+    experiment = client.get_run(parent_id).info.experiment_id
+    return client.search_runs([experiment], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'", max_results=1000)
+
+
+def running_runs(client: MlflowClient, parent_id: str) -> list:
+    experiment = client.get_run(parent_id).info.experiment_id
+    return client.search_runs([experiment], filter_string="attributes.status = 'RUNNING'", max_results=1000)
+
+
+def assert_exact_study(study: optuna.Study, n: int) -> list:
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == n
+    numbers = [t.number for t in study.get_trials()]
+    assert len(numbers) == len(set(numbers))
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    return complete
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_two_workers_fill_one_study_exactly_with_one_parent_run(pg_database, mlflow_server_url, capfd):
+    data = tiny_data()
+    spec = tiny_spec(data, forced=4)
+    url = with_password(pg_database)
+    result = run_workers(spec, data, 8, url, n_workers=2, settings=settings(mlflow_server_url), plots=False)
+
+    assert [e.exitcode for e in result.report.exits] == [0, 0]
+    assert [p.threads for p in result.report.plans] == [max(1, len(available_cpus()) // 2)] * 2
+    study = load(pg_database, spec)
+    complete = assert_exact_study(study, 8)
+    assert [t.number for t in study.get_trials()] == list(range(8))
+    assert len({t.user_attrs["worker"]["pid"] for t in complete}) == 2  # both processes ran trials
+
+    forced = [t for t in complete if t.user_attrs["phase"] == "forced"]
+    assert sorted(t.user_attrs["forced_index"] for t in forced) == [0, 1, 2, 3]
+    engine = build_engine(spec)
+    assert sorted(map(str, (t.params for t in forced))) == sorted(map(str, engine.forced))
+
+    client = MlflowClient(mlflow_server_url)
+    parent_id = study.user_attrs[PARENT_ATTR]
+    assert result.parent_run_id == parent_id and client.get_run(parent_id).info.status == "FINISHED"
+    runs = trial_runs(client, parent_id)
+    assert sorted(int(r.data.tags[TRIAL_TAG]) for r in runs) == list(range(8))
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert {r.info.run_id for r in runs} == {t.user_attrs[RUN_ATTR] for t in complete}
+    assert not running_runs(client, parent_id)
+
+    # the password never reaches MLflow, best.json or the console
+    logged = [client.get_run(parent_id), *runs]
+    assert all(SECRET not in str(r.data.params) + str(r.data.tags) for r in logged)
+    assert SECRET not in str(result.best)
+    out, err = capfd.readouterr()
+    assert SECRET not in out + err
+
+
+def _kill_one_worker_mid_trial(url: str, spec: StudySpec, seen: dict, stop: threading.Event) -> None:
+    """Once 2 trials are COMPLETE, SIGKILL the owner of a RUNNING trial that has started training."""
+    engine = sqlalchemy.create_engine(sc.normalize_storage_url(url))
+    while True:  # leave creating tables and the study to the workers: wait for the study's row
+        with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError), engine.connect() as conn:
+            if conn.execute(sqlalchemy.text("SELECT 1 FROM studies WHERE study_name = :n"),
+                            {"n": spec.study_name}).first():
+                break
+        time.sleep(0.2)
+    engine.dispose()
+    storage = optuna.storages.RDBStorage(sc.normalize_storage_url(url), skip_table_creation=True)
+    while not stop.is_set():
+        try:
+            study_id = storage.get_study_id_from_name(spec.study_name)
+        except KeyError:
+            time.sleep(0.2)
+            continue
+        trials = storage.get_all_trials(study_id)
+        complete = {t.number: t.value for t in trials if t.state == TrialState.COMPLETE}
+        target = next((t for t in trials if t.state == TrialState.RUNNING and RUN_ATTR in t.user_attrs), None)
+        if len(complete) >= 2 and target is not None:
+            os.kill(target.user_attrs["worker"]["pid"], signal.SIGKILL)
+            seen.update(number=target.number, pid=target.user_attrs["worker"]["pid"],
+                        run_id=target.user_attrs[RUN_ATTR], complete=complete)
+            return
+        time.sleep(0.05)
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_sigkill_of_a_worker_mid_trial_loses_nothing_and_leaves_no_run_running(pg_database, mlflow_server_url):
+    data = tiny_data()
+    spec = tiny_spec(data, forced=2)
+    seen: dict = {}
+    stop = threading.Event()
+    killer = threading.Thread(target=_kill_one_worker_mid_trial, args=(pg_database, spec, seen, stop), daemon=True)
+    killer.start()
+    try:
+        result = run_workers(spec, data, 8, pg_database, n_workers=2, settings=settings(mlflow_server_url),
+                             plots=False)
+    finally:
+        stop.set()
+        killer.join(10)
+    assert seen, "no worker was killed: the trials ended before the killer saw one running"
+    exits = {e.pid: e.exitcode for e in result.report.exits}
+    assert exits.pop(seen["pid"]) == -signal.SIGKILL and list(exits.values()) == [0]
+
+    study = load(pg_database, spec)
+    complete = assert_exact_study(study, 8)
+    by_number = {t.number: t for t in study.get_trials()}
+    assert by_number[seen["number"]].state == TrialState.FAIL  # failed by the survivor ...
+    retry = [t for t in complete if t.system_attrs.get("failed_trial") == seen["number"]]
+    assert len(retry) == 1  # ... and re-queued, then run once more to completion
+    assert retry[0].params == by_number[seen["number"]].params
+    for number, value in seen["complete"].items():  # no finished trial lost or changed
+        assert by_number[number].state == TrialState.COMPLETE and by_number[number].value == value
+
+    client = MlflowClient(mlflow_server_url)
+    parent_id = study.user_attrs[PARENT_ATTR]
+    assert not running_runs(client, parent_id)
+    assert client.get_run(seen["run_id"]).info.status == "KILLED"
+    finished = [r for r in trial_runs(client, parent_id) if r.info.status == "FINISHED"]
+    assert sorted(r.info.run_id for r in finished) == sorted(t.user_attrs[RUN_ATTR] for t in complete)
+    assert client.get_run(parent_id).info.status == "FINISHED"

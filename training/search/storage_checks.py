@@ -140,8 +140,18 @@ def describe_connection_error(url: str, exc: BaseException) -> str:
         return f"PostgreSQL at {where}: {_first_line(exc)}; create the role or fix the user in the URL"
     if backend_is_sqlite(parsed):
         return f"cannot open SQLite storage {redact_url(url)}: {_first_line(exc)}"
+    if not _is_operational(exc):
+        return f"the study storage {redact_url(url)} failed: {_first_line(exc)}"
     return (f"cannot reach the study storage {redact_url(url)}: {_first_line(exc)}; "
             "is the server running and reachable from this machine?")
+
+
+def _is_operational(exc: BaseException) -> bool:
+    """A connection-level failure (server down, refused, timed out), as opposed to a failed statement."""
+    import sqlalchemy.exc
+
+    return isinstance(exc, (sqlalchemy.exc.OperationalError, OSError)) or \
+        type(getattr(exc, "orig", None)).__name__ == "OperationalError"
 
 
 def backend_is_sqlite(parsed: Any) -> bool:
@@ -173,6 +183,31 @@ def check_storage_reachable(url: str) -> str:
     finally:
         engine.dispose()
     return url
+
+
+SCHEMA_LOCK = "__optuna_schema__"
+
+
+def ensure_schema(url: str) -> None:
+    """Create Optuna's tables once, under a lock.
+
+    ``RDBStorage`` runs ``CREATE TABLE`` (and PostgreSQL ``CREATE TYPE``) on every open; two
+    processes doing it at the same time on an empty database fail with a duplicate-key error
+    from the catalog. Workers and machines starting together therefore go through here first.
+    """
+    import warnings
+
+    import optuna
+
+    url = normalize_storage_url(url)
+    with study_lock(url, SCHEMA_LOCK), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            storage = optuna.storages.RDBStorage(url)
+        except Exception as exc:
+            raise TierHpoError(describe_connection_error(url, exc)) from None
+        storage.remove_session()
+        storage.engine.dispose()
 
 
 def study_exists(storage: Any, study_name: str) -> bool:

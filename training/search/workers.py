@@ -1,0 +1,487 @@
+"""Scale-out: N worker processes on this machine filling one Optuna study; more machines join it.
+
+There is no scheduler here. The coordination is Optuna's RDB storage (PostgreSQL for several
+machines) plus the engine's worker loop (``training.search.study.run_worker``): each worker,
+under a per-study lock (``storage_checks.study_lock``: a PostgreSQL advisory lock, or ``flock``
+beside a SQLite file), fails dead trials, checks the budget and asks for a trial, so
+
+* the trial budget is exact across all workers (COMPLETE + RUNNING never exceeds ``n_trials``),
+* forced extremes are enqueued once and each is popped by exactly one worker,
+* the coverage tracker reads the finished trials from the storage, never one worker's memory,
+* a worker killed mid-trial is detected (dead pid on this host at once, heartbeat elsewhere), its
+  trial is failed and re-queued, and its MLflow run closed, by whichever worker looks next.
+
+This module adds what a process pool needs around that loop:
+
+* ``plan_workers(n)``: torch threads per worker (``cores // n``) and, when there are enough cores,
+  a disjoint CPU set per worker, so two workers do not fight over the same cores.
+* ``run_workers(...)``: validates the storage, opens (or joins) the study once in the parent
+  (errors stay one line, before any process starts), spawns the workers, forwards Ctrl-C/SIGTERM
+  (each worker then ends its trial as KILLED and re-queues it), and summarises the study.
+* Lost database connection: a worker waits for the storage with exponential backoff and resumes
+  (the engine's loop is idempotent: it re-reads the study), or exits with one clear line after
+  ``reconnect_tries``. Its unfinished trial stays RUNNING until the heartbeat grace period fails
+  and re-queues it: the study is never left inconsistent.
+* ``join=True`` (``tierhpo hpo --join``, for extra machines): the study must already exist; a
+  different search space or settings is an error naming what differs, and nothing is created.
+
+Processes are started with ``spawn`` (no forked torch or database state); the work is sent
+pickled and unpickled only after the worker pinned its threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing as mp
+import os
+import pickle
+import random
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import TYPE_CHECKING, Any
+
+from pipelines.errors import TierHpoError
+from training.search import storage_checks as sc
+
+if TYPE_CHECKING:  # torch-heavy imports stay out of a spawned worker until its threads are pinned
+    from training.dataset import TierData
+    from training.search.study import StudySpec, WorkerReport, WorkerSettings
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_ERROR, EXIT_BUG, EXIT_INTERRUPTED = 0, 2, 1, 130
+STOP_TIMEOUT_S = 120.0  # a worker ending its trial on SIGTERM (closing the MLflow run, re-queueing)
+_THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+# ---------------------------------------------------------------------- resources
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    index: int  # global worker index (seeds the worker's TPE; unique across machines with index_offset)
+    threads: int  # torch intra-op threads
+    cpus: tuple[int, ...] | None  # CPU affinity, or None to leave it to the OS
+
+
+def available_cpus() -> list[int]:
+    """The CPUs this process may run on (honours taskset/cgroup cpusets, unlike ``os.cpu_count``)."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return list(range(os.cpu_count() or 1))
+
+
+def plan_workers(n_workers: int, cpus: list[int] | None = None, *, pin: bool = True,
+                 index_offset: int = 0) -> list[WorkerPlan]:
+    """Split the CPUs between ``n_workers``: ``len(cpus) // n`` threads each (at least 1), and a
+    disjoint CPU set each when every worker gets at least one core and ``pin`` is set."""
+    if n_workers < 1:
+        raise TierHpoError(f"--workers must be >= 1, got {n_workers}")
+    cpus = cpus if cpus is not None else available_cpus()
+    per = max(1, len(cpus) // n_workers)
+    plans = []
+    for i in range(n_workers):
+        own = tuple(cpus[i * per:(i + 1) * per]) if pin and n_workers <= len(cpus) else None
+        plans.append(WorkerPlan(index_offset + i, per, own))
+    return plans
+
+
+def pin_process(plan: WorkerPlan) -> None:
+    """Apply ``plan`` to this process (call before torch runs anything)."""
+    for name in _THREAD_ENV:
+        os.environ[name] = str(plan.threads)
+    if plan.cpus is not None:
+        with contextlib.suppress(AttributeError, OSError):
+            os.sched_setaffinity(0, plan.cpus)
+    import torch
+
+    torch.set_num_threads(plan.threads)
+    with contextlib.suppress(RuntimeError):  # only settable before the first inter-op parallel work
+        torch.set_num_interop_threads(1)
+
+
+# ---------------------------------------------------------------------- faults
+
+
+def is_connection_loss(exc: BaseException) -> bool:
+    """Whether ``exc`` (or its cause/context chain) says a database or tracking server went away."""
+    import optuna.exceptions
+    import sqlalchemy.exc
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
+                                optuna.exceptions.StorageInternalError, ConnectionError)):
+            return True
+        if isinstance(current, sqlalchemy.exc.DBAPIError) and current.connection_invalidated:
+            return True
+        text = str(current)
+        if type(current).__name__ == "MlflowException" and ("Max retries exceeded" in text
+                                                           or "Connection refused" in text):
+            return True  # the MLflow client already retried with its own backoff
+        current = current.__cause__ or current.__context__
+    return False
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with jitter between reconnection attempts."""
+
+    tries: int = 8
+    first_s: float = 1.0
+    max_s: float = 60.0
+
+    def delays(self) -> Iterator[float]:
+        for attempt in range(self.tries):
+            base = min(self.max_s, self.first_s * 2 ** attempt)
+            yield base * random.uniform(0.5, 1.0)  # jitter: workers do not reconnect in lockstep
+
+
+def wait_for_storage(url: str, backoff: Backoff, echo: Callable[[str], None], why: str) -> None:
+    """Probe the storage until it answers; raise ``TierHpoError`` once ``backoff`` is exhausted."""
+    last = why
+    for delay in backoff.delays():
+        echo(f"storage {sc.redact_url(url)} unavailable ({last}); retrying in {delay:.1f} s")
+        time.sleep(delay)
+        try:
+            sc.check_storage_reachable(url)
+            return
+        except TierHpoError as exc:
+            last = str(exc)
+    raise TierHpoError(
+        f"lost the study storage {sc.redact_url(url)} and it did not come back after {backoff.tries} tries "
+        f"({last}); the study is intact: its running trials are re-queued by heartbeat, run the same "
+        "command again when the database is back"
+    )
+
+
+def run_worker_resilient(spec: StudySpec, data: TierData, n_trials: int, url: str, *,
+                         settings: WorkerSettings, worker_index: int, backoff: Backoff,
+                         echo: Callable[[str], None]) -> list[WorkerReport]:
+    """``run_worker`` against ``url`` (locked per study), resumed after connection losses.
+
+    A loss that comes more than ``backoff.max_s`` after the previous one starts a fresh series
+    of tries, so a long study survives several short outages.
+    """
+    from training.search.study import run_worker
+
+    reports: list[WorkerReport] = []
+    recovering = False
+    while True:
+        started = time.monotonic()
+        try:
+            reports.append(run_worker(spec, data, n_trials, url, settings=settings, worker_index=worker_index,
+                                      lock=lambda: sc.study_lock(url, spec.study_name), echo=echo))
+            return reports
+        except TierHpoError as exc:
+            # the engine reports an unreachable storage as TierHpoError while opening it
+            if not (recovering and "storage" in str(exc)):
+                raise
+            why = str(exc)
+        except Exception as exc:
+            if not is_connection_loss(exc):
+                raise
+            why = sc.redact_text(str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+                                 if str(exc).strip() else type(exc).__name__)
+        if time.monotonic() - started > backoff.max_s:
+            recovering = False
+        wait_for_storage(url, backoff, echo, why)
+        recovering = True
+
+
+# ---------------------------------------------------------------------- the worker process
+
+
+def _worker_main(plan: WorkerPlan, payload: bytes, conn: Connection) -> None:
+    """Entry point of one spawned worker: pin threads, then unpickle the work and run it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into one SIGTERM per worker
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # no "View run" line per run
+    pin_process(plan)
+    prefix = f"[worker {plan.index}]"
+    logging.basicConfig(level=logging.WARNING, format=f"{prefix} %(levelname)s %(name)s: %(message)s")
+
+    def echo(line: str) -> None:
+        print(f"{prefix} {line}", flush=True)
+
+    code, message, reports = EXIT_BUG, "", []
+    try:
+        work = pickle.loads(payload)
+        data = work["data"]() if callable(work["data"]) else work["data"]
+        echo(f"pid {os.getpid()}, {plan.threads} torch thread(s)"
+             + (f", cpus {list(plan.cpus)}" if plan.cpus is not None else ""))
+        reports = run_worker_resilient(work["spec"], data, work["n_trials"], work["url"],
+                                       settings=work["settings"], worker_index=plan.index,
+                                       backoff=work["backoff"], echo=echo)
+        code = EXIT_OK
+    except TierHpoError as exc:
+        code, message = EXIT_ERROR, sc.redact_text(str(exc))
+        echo(f"error: {message}")
+    except KeyboardInterrupt:
+        code, message = EXIT_INTERRUPTED, "interrupted"
+    except BaseException as exc:  # a bug: keep the traceback on stderr, one line for the parent
+        import traceback
+
+        traceback.print_exc()
+        code, message = EXIT_BUG, sc.redact_text(f"{type(exc).__name__}: {str(exc).strip()[:300]}")
+    finally:
+        with contextlib.suppress(Exception):
+            conn.send((code, message, reports))
+        conn.close()
+    sys.exit(code)
+
+
+# ---------------------------------------------------------------------- the parent
+
+
+@dataclass
+class WorkerExit:
+    index: int
+    pid: int | None
+    exitcode: int | None  # negative: killed by that signal
+    message: str = ""
+    reports: list[Any] = field(default_factory=list)
+
+    @property
+    def trials(self) -> int:
+        return sum(len(r.outcomes) for r in self.reports)
+
+
+@dataclass
+class WorkersReport:
+    """What ``run_workers`` did: per-worker exits (trials run, errors) and wall time."""
+
+    plans: list[WorkerPlan]
+    exits: list[WorkerExit]
+    wall_s: float
+
+    @property
+    def failed(self) -> list[WorkerExit]:
+        return [e for e in self.exits if e.exitcode != EXIT_OK]
+
+
+def _identity_diff(stored: dict[str, Any], ours: dict[str, Any]) -> list[str]:
+    keys = sorted(k for k in set(stored) | set(ours) if stored.get(k) != ours.get(k))
+    out = []
+    for key in keys:
+        a, b = stored.get(key), ours.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            inner = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            out.append(f"{key} ({', '.join(map(str, inner[:6]))})" if inner else key)
+        else:
+            out.append(key)
+    return out
+
+
+def check_joinable(spec: StudySpec, url: str) -> None:
+    """For a worker that must join an existing study (``--join``): raise unless ``spec``'s study
+    exists in ``url``. When it does not, name the sibling studies (same tier, budget, horizon)
+    and what differs from each. Reads only: creates no table, no study."""
+    import json
+
+    import optuna
+    import sqlalchemy
+
+    from training.search.study import SPEC_ATTR
+
+    name = spec.study_name
+    engine = sc._engine(url)
+    try:
+        has_tables = sqlalchemy.inspect(engine).has_table("studies")
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        raise TierHpoError(sc.describe_connection_error(url, exc)) from None
+    finally:
+        engine.dispose()
+    where = sc.redact_url(url)
+    if not has_tables:
+        raise TierHpoError(f"--join: {where} holds no Optuna study yet; start the first workers without --join")
+    storage = optuna.storages.RDBStorage(url, skip_table_creation=True)
+    try:
+        if sc.study_exists(storage, name):
+            return
+        prefix = name.rsplit("-", 1)[0] + "-"
+        ours = json.loads(json.dumps(spec.identity(), default=str))
+        siblings = [s for s in storage.get_all_studies() if s.study_name.startswith(prefix)]
+        if not siblings:
+            raise TierHpoError(f"--join: no study {prefix}* in {where}; start the first workers without --join")
+        sibling = max(siblings, key=lambda s: s._study_id)
+        diff = _identity_diff(sibling.user_attrs.get(SPEC_ATTR) or {}, ours)
+        raise TierHpoError(
+            f"--join: study {sibling.study_name} in {where} was created with a different "
+            f"{'search space' if any(d.startswith('space') for d in diff) else 'configuration'} "
+            f"(differs in: {'; '.join(diff) or 'unknown'}); use the params.yaml it was started with"
+        )
+    finally:
+        storage.remove_session()
+        storage.engine.dispose()
+
+
+def _stop(procs: list[mp.process.BaseProcess], timeout_s: float) -> None:
+    """SIGTERM each live worker once (it ends its trial as KILLED and re-queues it), then SIGKILL."""
+    for p in procs:
+        if p.is_alive():
+            with contextlib.suppress(OSError):
+                p.terminate()
+    deadline = time.monotonic() + timeout_s
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+            p.join(5)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def spawn_workers(spec: StudySpec, data: TierData | Callable[[], TierData], n_trials: int, url: str,
+                  plans: list[WorkerPlan], settings: WorkerSettings, backoff: Backoff,
+                  echo: Callable[[str], None], stop_timeout_s: float = STOP_TIMEOUT_S) -> list[WorkerExit]:
+    """Start one spawned process per plan, wait for all, collect their exits."""
+    ctx = mp.get_context("spawn")
+    payload = pickle.dumps({"spec": spec, "data": data, "n_trials": n_trials, "url": url,
+                            "settings": settings, "backoff": backoff})
+    procs: list[Any] = []
+    exits: dict[int, WorkerExit] = {}
+    pending: dict[Connection, tuple[WorkerPlan, Any]] = {}
+    try:
+        with _sigterm_as_interrupt():
+            for plan in plans:
+                reader, writer = ctx.Pipe(duplex=False)
+                proc = ctx.Process(target=_worker_main, args=(plan, payload, writer),
+                                   name=f"tierhpo-worker-{plan.index}")
+                proc.start()
+                writer.close()  # the child holds the only write end: EOF here when it dies
+                procs.append(proc)
+                pending[reader] = (plan, proc)
+                exits[plan.index] = WorkerExit(plan.index, proc.pid, None)
+            while pending:
+                for reader in wait(list(pending)):
+                    plan, proc = pending.pop(reader)
+                    with contextlib.suppress(EOFError, OSError):  # EOF: died without reporting (SIGKILL)
+                        code, message, reports = reader.recv()
+                        exits[plan.index] = WorkerExit(plan.index, proc.pid, code, message, reports)
+                    reader.close()
+                    proc.join()
+                    e = exits[plan.index]
+                    e.exitcode = proc.exitcode  # the process's own status wins over what it sent
+                    if e.exitcode != EXIT_OK and not e.message:
+                        e.message = f"exited with {_describe_exit(proc.exitcode)}"
+    except KeyboardInterrupt:
+        echo(f"interrupted: stopping {sum(p.is_alive() for p in procs)} worker(s); their trials are re-queued")
+        _stop(procs, stop_timeout_s)
+        raise
+    return [exits[i] for i in sorted(exits)]
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "no exit status"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"signal {signal.Signals(-code).name}"
+    return f"status {code}"
+
+
+def run_workers(spec: StudySpec, data: TierData | Callable[[], TierData], n_trials: int,
+                storage_url: str, *, n_workers: int, settings: WorkerSettings | None = None,
+                join: bool = False, index_offset: int = 0, pin_cpus: bool = True,
+                backoff: Backoff | None = None, echo: Callable[[str], None] | None = None,
+                plots: bool = True, stop_timeout_s: float = STOP_TIMEOUT_S) -> Any:
+    """Fill ``spec``'s study to ``n_trials`` COMPLETE trials with ``n_workers`` local processes.
+
+    ``data``: the tier data, or a picklable zero-argument callable that loads it in each worker
+    (e.g. ``functools.partial(training.dataset.load_tier, ...)``). ``storage_url``: the shared
+    Optuna storage (``postgresql://USER@HOST/DB`` for several machines; the password comes
+    from ``~/.pgpass`` or ``PGPASSWORD``). ``join``: the study must already exist (see
+    :func:`check_joinable`). ``index_offset``: added to the worker indices (give each machine
+    its own range so TPE seeds differ). Returns the engine's ``StudyResult`` with
+    ``.report`` = :class:`WorkersReport`; raises ``TierHpoError`` when the study did not reach
+    ``n_trials`` (naming each failed worker), ``KeyboardInterrupt`` on Ctrl-C/SIGTERM.
+    """
+    from training.search.results import finalize_study
+    from training.search.study import WorkerSettings, open_study, reconcile_runs
+
+    echo = echo or (lambda line: print(line, flush=True))
+    settings = settings or WorkerSettings()
+    backoff = backoff or Backoff()
+    if n_trials < 1:
+        raise TierHpoError(f"--trials must be >= 1, got {n_trials}")
+    url = sc.check_storage_reachable(storage_url)
+    if join:
+        check_joinable(spec, url)
+    plans = plan_workers(n_workers, pin=pin_cpus, index_offset=index_offset)
+    sc.ensure_schema(url)
+    lock = lambda: sc.study_lock(url, spec.study_name)  # noqa: E731
+    # Open once here: identity checks, forced points, the MLflow parent run; errors stay one line.
+    handle = open_study(spec, url, settings, worker_index=index_offset, lock=lock)
+    echo(f"study {spec.study_name} on {sc.redact_url(url)}: {n_workers} worker(s) x "
+         f"{plans[0].threads} thread(s), target {n_trials} complete trials")
+    started = time.perf_counter()
+    try:
+        exits = spawn_workers(spec, data, n_trials, url, plans, settings, backoff, echo, stop_timeout_s)
+    except KeyboardInterrupt:
+        with contextlib.suppress(Exception):
+            handle.tracking.set_parent_status("KILLED")
+        raise
+    report = WorkersReport(plans, exits, time.perf_counter() - started)
+    for e in report.failed:
+        echo(f"worker {e.index} (pid {e.pid}) {e.message or _describe_exit(e.exitcode)}")
+    reasons = "; ".join(f"worker {e.index}: {e.message}" for e in report.failed) or "no worker error"
+    try:
+        complete = len(handle.study.get_trials(deepcopy=False, states=(_complete_state(),)))
+    except Exception as exc:
+        if not is_connection_loss(exc):
+            raise
+        raise TierHpoError(f"study {spec.study_name}: its storage {sc.redact_url(url)} is unreachable after the "
+                           f"workers stopped ({reasons}); run the same command again when it is back") from None
+    if complete < n_trials:
+        with contextlib.suppress(Exception):
+            handle.tracking.set_parent_status("FAILED")
+        raise TierHpoError(f"study {spec.study_name} has {complete}/{n_trials} complete trials after its workers "
+                           f"stopped ({reasons}); fix that and run the same command again to resume")
+    reconcile_runs(handle)  # a worker SIGKILLed between tell and closing its run left it RUNNING
+    result = finalize_study(handle, n_trials, plots=plots)
+    result.report = report
+    return result
+
+
+def _complete_state() -> Any:
+    from optuna.trial import TrialState
+
+    return TrialState.COMPLETE
+
+
+def describe(report: WorkersReport) -> list[str]:
+    """Human-readable lines for the CLI: per worker, trials run and exit."""
+    lines = []
+    for plan, e in zip(report.plans, report.exits, strict=True):
+        cpus = f" cpus {list(plan.cpus)}" if plan.cpus is not None else ""
+        status = "ok" if e.exitcode == EXIT_OK else (e.message or _describe_exit(e.exitcode))
+        lines.append(f"worker {e.index}: {e.trials} trial(s), {plan.threads} thread(s){cpus}, {status}")
+    return lines
+
+
+__all__ = ["Backoff", "WorkerPlan", "WorkersReport", "check_joinable", "describe", "is_connection_loss",
+           "plan_workers", "run_workers", "run_worker_resilient", "wait_for_storage"]
