@@ -106,8 +106,8 @@ def expected_calibration_error(y_true: np.ndarray, p: np.ndarray, n_bins: int = 
     import torch
     from torchmetrics.functional.classification import binary_calibration_error
 
-    preds = torch.as_tensor(np.asarray(p, dtype=np.float64))
-    target = torch.as_tensor(np.asarray(y_true).astype(np.int64))
+    preds = torch.tensor(np.asarray(p, dtype=np.float64))  # a copy: inputs may be read-only views
+    target = torch.tensor(np.asarray(y_true).astype(np.int64))
     return float(binary_calibration_error(preds, target, n_bins=n_bins, norm="l1", validate_args=False))
 
 
