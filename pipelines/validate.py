@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -35,7 +36,14 @@ import typer
 
 from pipelines import atomic, config, paths
 from pipelines.errors import TierHpoError
-from training.dataset import DataConfig, check_tier, load_data_config, read_split_meta, tier_file_md5
+from training.dataset import (
+    DataConfig,
+    check_tier,
+    load_data_config,
+    read_split_meta,
+    read_tier_frame,
+    tier_file_md5,
+)
 from training.features import BASE_COLUMNS, tier_features
 from training.labels import label_name
 from training.splits import SPLITS, minimum_rows
@@ -138,7 +146,8 @@ def split_table(frame: pd.DataFrame, meta: dict[str, Any], data: DataConfig) -> 
         for split in SPLITS:
             b = meta["splits"][key][split]
             lo, hi = int(b["start"]), int(b["stop"])
-            labels = frame[label_name(h)].iloc[lo + data.context_len - 1 : hi] if label_name(h) in frame else pd.Series()
+            column = frame[label_name(h)] if label_name(h) in frame else pd.Series(dtype=float)  # missing: schema fails
+            labels = column.iloc[lo + data.context_len - 1 : hi]
             rows.append({
                 "horizon": h,
                 "split": split,
@@ -285,28 +294,25 @@ def validate_tier(symbol: str, tier: str, data: DataConfig, cfg: ValidateConfig)
     if not parquet.is_file():
         raise TierHpoError(f"no tier dataset at {parquet}; build it with `tierhpo tiers --tier {tier}`")
     meta = read_split_meta(symbol, tier)
-    frame = pd.read_parquet(parquet)
+    frame = read_tier_frame(parquet)
     if meta.get("n_rows") != len(frame) or meta.get("tier") != tier:
         raise TierHpoError(f"{paths.splits_path(symbol, tier).name} does not describe {parquet.name}; rebuild the tier")
+    batches = {
+        "table": (frame, table_expectations(tier, data), ["date"]),
+        "splits": (split_table(frame, meta, data), split_expectations(data, cfg), ["horizon", "split"]),
+    }
     details = details_dir(symbol, tier)
-    staging = details.with_name(f".{details.name}.new")
-    shutil.rmtree(staging, ignore_errors=True)
-    docs = staging / "data_docs" if cfg.data_docs else None
-    results = run_suites(
-        f"{symbol}_{tier}",
-        {
-            "table": (frame, table_expectations(tier, data), ["date"]),
-            "splits": (split_table(frame, meta, data), split_expectations(data, cfg), ["horizon", "split"]),
-        },
-        cfg.show_rows,
-        docs,
-    )
-    success = all(r["success"] for r in results.values())
+    details.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{details.name}.", dir=details.parent))
+    try:
+        results = run_suites(f"{symbol}_{tier}", batches, cfg.show_rows, staging / "data_docs" if cfg.data_docs else None)
+        success = all(r["success"] for r in results.values())
+        atomic.write_json(staging / "result.json", {"success": success, "suites": results})
+        shutil.rmtree(details, ignore_errors=True)
+        os.replace(staging, details)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     stats = {s: r["statistics"] for s, r in results.items()}
-    staging.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(staging / "result.json", {"success": success, "suites": results})
-    shutil.rmtree(details, ignore_errors=True)
-    os.replace(staging, details)
     summary = {
         "success": success,
         "symbol": symbol,

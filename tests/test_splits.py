@@ -175,3 +175,14 @@ def test_adjusted_prices_scale_ohlc_by_adj_close():
     np.testing.assert_allclose(adj["close"], plain["close"] * 0.5)
     np.testing.assert_allclose(adj["ret_5"], plain["ret_5"])  # a constant factor leaves returns alone
     assert (adj["target_h1"] == plain["target_h1"]).all()
+
+
+def test_corrupt_tier_files_are_one_line_errors(built, monkeypatch, capsys):
+    code, _, err = run_cli(monkeypatch, capsys, "tiers", "--tier", "a20")
+    assert code == 0, err
+    paths.tier_path("SPY", "a20").write_bytes(b"not a parquet file")
+    with pytest.raises(TierHpoError, match=r"cannot read .*SPY_a20.parquet .*; rebuild it with `tierhpo tiers`"):
+        load_tier("SPY", "a20", 1)
+    paths.splits_path("SPY", "a20").write_text("{")
+    with pytest.raises(TierHpoError, match=r"SPY_a20.splits.json is not a valid split file; rebuild it"):
+        load_tier("SPY", "a20", 1)

@@ -177,7 +177,28 @@ def read_split_meta(symbol: str, tier: str) -> dict[str, Any]:
     path = paths.splits_path(symbol, tier)
     if not path.is_file():
         raise TierHpoError(f"no split file {path}; build the tier first: tierhpo tiers --tier {tier}")
-    return json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text())
+    except ValueError:
+        meta = None
+    required = {"splits", "gap", "n_rows", "context_len", "horizons", "feature_columns", "label_columns"}
+    if not isinstance(meta, dict) or not required <= set(meta):
+        raise TierHpoError(f"{path} is not a valid split file; rebuild it: tierhpo tiers --tier {tier}")
+    return meta
+
+
+def read_tier_frame(path: str | Path, columns: list[str] | None = None):
+    """A tier parquet as a DataFrame; an unreadable file is a one-line error, not a traceback."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise TierHpoError(f"no tier dataset at {path}; build it with `tierhpo tiers`")
+    try:
+        return pd.read_parquet(path, columns=columns)
+    except Exception as exc:  # pyarrow raises several types for truncated or foreign files
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise TierHpoError(f"cannot read {path} ({first}); rebuild it with `tierhpo tiers`") from exc
 
 
 def load_tier(
@@ -197,8 +218,6 @@ def load_tier(
     plus the horizon would no longer fit in the recorded purge gap. ``require_validated``
     refuses a dataset that the Great Expectations suite has not passed in its current form.
     """
-    import pandas as pd
-
     from pipelines import paths
 
     check_tier(tier)
@@ -222,7 +241,7 @@ def load_tier(
     path = paths.tier_path(symbol, tier)
     columns = list(meta["feature_columns"] if include_base else meta["engineered_columns"])
     label = meta["label_columns"][key]
-    frame = pd.read_parquet(path, columns=["date", *columns, label])
+    frame = read_tier_frame(path, columns=["date", *columns, label])
     if len(frame) != meta["n_rows"]:
         raise TierHpoError(f"{path} has {len(frame)} rows but its split file says {meta['n_rows']}; rebuild the tier")
     bounds = {s: (int(b["start"]), int(b["stop"])) for s, b in meta["splits"][key].items()}
