@@ -2,7 +2,7 @@
 
 Pure functions of an ``optuna.Study`` (read from the RDB storage by the report stage), in the HPO
 engine's own terms (``training.search``): trial user attrs ``phase`` (``forced``, ``tpe``,
-``coverage``, ``random``) and ``epochs``; wasted reasons, "void" trials (claimed and given back
+``coverage``, ``random``) and ``info`` (``epochs``, ``timing.total_s``); wasted reasons, "void" trials (claimed and given back
 unrun, not counted) and the finished-trial denominator come from ``training.search.waste``; the
 best trial is chosen as ``training.search.results.select_best`` does (complete, useful, not void),
 so the report's best is the one in ``best.json``.
@@ -52,8 +52,12 @@ def trial_seconds(trial: FrozenTrial) -> float | None:
 
 
 def trial_epochs(trial: FrozenTrial) -> int:
-    epochs = trial.user_attrs.get(EPOCHS_ATTR)
-    return int(epochs) if isinstance(epochs, (int, float)) else len(trial.intermediate_values)
+    """Epochs the trial trained: the engine's record (``info.epochs``, or an ``epochs`` attr), else
+    the number of intermediate values it reported."""
+    for epochs in ((trial.user_attrs.get("info") or {}).get(EPOCHS_ATTR), trial.user_attrs.get(EPOCHS_ATTR)):
+        if isinstance(epochs, (int, float)):
+            return int(epochs)
+    return len(trial.intermediate_values)
 
 
 def useful(trial: FrozenTrial) -> bool:

@@ -55,8 +55,7 @@ def make_study(budget: str, rng: np.random.Generator, storage: str) -> optuna.St
             continue
         for epoch in range(3):
             trial.report(0.55 + 0.01 * epoch + 0.002 * i, epoch)
-        trial.set_user_attr("epochs", 3)
-        trial.set_user_attr("info", {"timing": {"total_s": 2.0 + i}})
+        trial.set_user_attr("info", {"epochs": 3, "timing": {"total_s": 2.0 + i}})
         if i == 5:  # died before recording anything: the engine counts it as failed
             trial.set_user_attr("fail_reason", "RuntimeError: NaN loss at epoch 2")
             study.tell(trial, state=TrialState.FAIL)
@@ -367,3 +366,46 @@ def test_config_is_validated(project):
         report.ReportParams(alpha=0.7)
     with pytest.raises(TierHpoError, match="block_length"):
         report.ReportParams(block_length=0)
+
+
+@pytest.mark.slow
+def test_report_reads_real_hpo_studies(tmp_path, monkeypatch):
+    """Two real studies from the HPO engine (real trainer, SQLite storage, MLflow store), reported with
+    --partial: the HPO, coverage and importance sections must read the engine's own records."""
+    from test_hpo_engine import settings, tiny_data, tiny_spec
+
+    from training.search.results import write_outputs
+    from training.search.study import run_study
+
+    root = tmp_path / "proj"
+    write_project(root)
+    monkeypatch.setenv("TIERHPO_ROOT", str(root))
+    data = tiny_data()
+    for budget in ("5K", "10K"):
+        spec = tiny_spec(data, tier=TIER, budget=budget)
+        result = run_study(spec, data, 4, paths.optuna_storage_url(),
+                           settings=settings(paths.mlflow_tracking_uri()), plots=False)
+        write_outputs(result, paths.study_dir(TIER, budget, H))
+    run_cli("--tier", TIER, "--partial")
+
+    out = root / "reports" / TIER
+    rep = json.loads((out / "report.json").read_text())
+    (h,) = rep["horizons"]
+    assert [s["budget"] for s in h["studies"]] == ["5K", "10K"]
+    for study in h["studies"]:
+        best = json.loads((paths.study_dir(TIER, study["budget"], H) / "best.json").read_text())
+        hpo = study["hpo"]
+        assert hpo["best"]["number"] == best["trial_number"]
+        assert hpo["best"]["value"] == pytest.approx(best["metrics"]["val/auc"])
+        assert hpo["by_state"].get("COMPLETE", 0) >= 4 and hpo["by_phase"]["forced"] == 2
+        assert hpo["compute"]["epochs"]["total"] > 0 and hpo["compute"]["seconds"]["total"] > 0
+        cov = study["coverage"]
+        assert cov["bins"] == 3 and cov["pairs_from"] == "hpo.coverage.pairs"
+        assert [p["params"] for p in cov["pairs"]] == [["lr", "batch_size"]]
+        assert study["importance"]["evaluator"] == "PedAnovaImportanceEvaluator"
+    md = (out / "summary.md").read_text()
+    assert md.count("**Not available**") == 4  # cross-budget, scaling, calibration, baselines
+    client = MlflowClient(paths.mlflow_tracking_uri())
+    experiment = json.loads((paths.study_dir(TIER, "5K", H) / "best.json").read_text())["experiment_id"]
+    (run,) = client.search_runs([experiment], "tags.stage = 'report'")
+    assert run.info.status == "FINISHED"
