@@ -299,8 +299,10 @@ def test_study_identity_and_storage_errors(tmp_path):
                                         "lr": ParamConfig("float", 1e-3, 5e-3, log=True)})
     assert tiny_spec(data, space=narrower).study_name != spec.study_name
     assert tiny_spec(data, budget="5000").study_name == spec.study_name  # budgets are canonicalised
-    with pytest.raises(TierHpoError, match="cannot open Optuna storage"):
+    with pytest.raises(TierHpoError, match="cannot reach the study storage"):
         open_study(spec, "postgresql://nobody@127.0.0.1:1/none", settings())
+    with pytest.raises(TierHpoError, match="relative SQLite path"):
+        open_study(spec, "sqlite:///relative.db", settings())
     with pytest.raises(TierHpoError, match="neither architecture parameters"):
         tiny_spec(data, space=SearchSpace.from_config({"momentum": ParamConfig("float", 0.1, 0.9)}))
     handle = open_study(spec, f"sqlite:///{tmp_path / 'o.db'}", settings())

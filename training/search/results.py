@@ -9,8 +9,10 @@ downloaded from there and checked to load with ``weights_only=True``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import shutil
 import tempfile
 import warnings
@@ -195,6 +197,21 @@ def finalize_study(handle: Any, n_trials: int, *, plots: bool = True, status: st
                        tracking.uri, importances)
 
 
+@contextlib.contextmanager
+def _quiet_downloads():
+    """No MLflow download progress bar in the middle of the stage's own output."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    old = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
+
+
 def write_outputs(result: StudyResult, out_dir: Path) -> dict[str, Path]:
     """Write the four outputs, each atomically; ``best.json`` last, so it never points at stale files."""
     import pandas as pd
@@ -203,7 +220,7 @@ def write_outputs(result: StudyResult, out_dir: Path) -> dict[str, Path]:
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _quiet_downloads():
         try:
             local = MlflowClient(result.tracking_uri).download_artifacts(result.best_run_id, CHECKPOINT_ARTIFACT, tmp)
         except Exception as exc:

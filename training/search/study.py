@@ -206,28 +206,29 @@ def _sqlite_wal(url: str) -> None:
 
 
 def make_storage(url: str, cfg: StorageConfig, on_stale: Callable[[optuna.Study, FrozenTrial], None]) -> RDBStorage:
+    """RDB storage with heartbeats; a bad or unreachable URL is one actionable line (the URL
+    checks and messages are ``storage_checks``'; ``postgresql://`` is mapped to psycopg2)."""
     import sqlalchemy.exc
 
+    from training.search import storage_checks
+
+    url = storage_checks.normalize_storage_url(url)
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         try:
             _sqlite_wal(url)
         except Exception as exc:
-            raise TierHpoError(f"cannot open Optuna storage {redact(url)}: {exc}") from None
+            raise TierHpoError(storage_checks.describe_connection_error(url, exc)) from None
         engine_kwargs = {"connect_args": {"timeout": 60}}  # wait for another worker's write lock
-    elif url.startswith(("postgresql", "postgres")):
+    else:
         engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
         try:
             return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=cfg.heartbeat_interval,
                               grace_period=cfg.grace_period, heartbeat_stale_trial_callback=on_stale)
-        except (sqlalchemy.exc.SQLAlchemyError, ValueError, ImportError) as exc:
-            first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-            raise TierHpoError(
-                f"cannot open Optuna storage {redact(url)}: {first[0] if first else type(exc).__name__}; "
-                "pass --storage sqlite:////abs/path.db or postgresql://USER@HOST/DB"
-            ) from None
+        except (sqlalchemy.exc.SQLAlchemyError, OSError) as exc:
+            raise TierHpoError(storage_checks.describe_connection_error(url, exc)) from None
 
 
 class StaleTrialHandler:

@@ -1,0 +1,116 @@
+"""``tierhpo hpo --tier a50 --budget 20M --horizon 1``: one two-phase Optuna study, resumable.
+
+Reads params sections ``hpo`` (search space, trials, forced extremes, coverage, pruner, storage),
+``model``/``train`` (structure and trainer defaults the space overrides), ``metrics``
+(degeneracy thresholds) and ``data``. The tier must have passed ``tierhpo validate``; its data
+version (the validated files' md5) is part of the study name, so new data starts a new study.
+
+Running the same command again resumes the study: only the trials missing to reach ``--trials``
+COMPLETE trials run. At the end it writes, atomically, ``paths.study_dir(tier, budget, horizon)``:
+``best.json``, ``model.pt``, ``metrics.json`` and ``trials.csv`` (docs/architecture.md).
+Ctrl-C or SIGTERM: the running trial is closed (MLflow run KILLED) and re-queued, exit 130.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipelines import config, paths
+from pipelines.errors import TierHpoError
+
+app = typer.Typer(add_completion=False)
+
+
+def _echo(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def data_version(symbol: str, tier: str) -> str:
+    """The md5 of the validated tier parquet and split file (what the study trains on)."""
+    from pipelines.validate import ensure_validated
+
+    summary = ensure_validated(symbol, tier)
+    return f"{summary['dataset_md5'][:12]}-{summary['splits_md5'][:12]}"
+
+
+def build_spec(tier: str, budget: str, horizon: int, *, forced: int | None = None, seed: int | None = None,
+               trials: int | None = None, threads: int | None = None):
+    """Load the params and the validated tier; return ``(spec, data, hpo_config)``."""
+    from evaluation.metrics import MetricsParams
+    from training.budget import ModelParams
+    from training.dataset import check_tier, load_data_config, load_tier
+    from training.search.config import HpoConfig
+    from training.search.study import StudySpec
+    from training.trainer import TrainConfig
+
+    check_tier(tier)
+    data_cfg = load_data_config()
+    hpo = config.load(HpoConfig, "hpo", trials=trials, forced=forced, seed=seed, threads=threads)
+    model = config.load(ModelParams, "model")
+    train = config.load(TrainConfig, "train")
+    metrics = config.load(MetricsParams, "metrics")
+    data = load_tier(data_cfg.symbol, tier, horizon, data_cfg.context_len, require_validated=True)
+    spec = StudySpec.from_params(hpo, tier=tier, budget=budget, horizon=horizon, data=data,
+                                 data_version=data_version(data_cfg.symbol, tier), model=model, train=train,
+                                 metrics=metrics, symbol=data_cfg.symbol)
+    return spec, data, hpo
+
+
+@app.command()
+def main(
+    tier: Annotated[str, typer.Option(help="Feature tier: a20, a50 or a100.")],
+    budget: Annotated[str, typer.Option(help="Parameter budget, e.g. 200K, 2M, 20M (real count within 10 %).")],
+    horizon: Annotated[int, typer.Option(help="Label horizon in days (one of data.horizons).")],
+    trials: Annotated[int | None, typer.Option(help="COMPLETE trials the study must reach (default: hpo.trials).")] = None,
+    forced: Annotated[int | None, typer.Option(help="Forced extreme trials run first (default: hpo.forced).")] = None,
+    storage: Annotated[str | None, typer.Option(
+        help="Optuna storage URL, e.g. postgresql://USER@HOST/DB (default: SQLite in the repo's stores/).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the samplers and the trainer (default: hpo.seed).")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads; 0 = all cores (default: hpo.threads).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="One line per trial, no progress bars.")] = False,
+) -> None:
+    """Two-phase Optuna search (forced extremes, then coverage-aware TPE) for one study."""
+    import optuna
+    import torch
+
+    from training.search.results import write_outputs
+    from training.search.study import WorkerSettings, redact, run_study
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if trials is not None and trials < 1:
+        raise TierHpoError(f"--trials must be >= 1, got {trials}")
+    spec, data, hpo = build_spec(tier, budget, horizon, forced=forced, seed=seed, trials=trials, threads=threads)
+    torch.set_num_threads(hpo.threads or os.cpu_count() or 1)
+    storage_url = storage or paths.optuna_storage_url()
+    _echo(f"study {spec.study_name}: {hpo.trials} trials ({spec.forced} forced), storage {redact(storage_url)}, "
+          f"{torch.get_num_threads()} threads")
+    settings = WorkerSettings(storage=hpo.storage, log_every_s=hpo.log_every_s,
+                              progress=spec.train.progress and not quiet)
+    result = run_study(spec, data, hpo.trials, storage_url, settings=settings, echo=_echo)
+    out = paths.study_dir(spec.tier, spec.budget, spec.horizon)
+    write_outputs(result, out)
+    m = result.metrics
+    _echo(f"best trial {result.best['trial_number']}: val/auc {m['val/auc']:.4f} "
+          f"({result.best['n_params']:,} parameters); {m['hpo/n_complete']} complete, {m['hpo/n_pruned']} pruned, "
+          f"{m['hpo/n_failed']} failed; wasted {m['hpo/wasted_fraction']:.1%}; coverage {m['hpo/coverage']:.2f}")
+    _echo(f"wrote {_relative(out)}/{{best.json,model.pt,metrics.json,trials.csv}}; "
+          f"MLflow parent run {result.parent_run_id}")
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
+    sys.exit(0)
