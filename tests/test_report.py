@@ -269,6 +269,14 @@ def test_report_on_a_finished_pipeline(project):
     assert {"report/summary.md", "report/report.json", "report/metrics.json", "report/plots"} <= logged
     assert len(client.list_artifacts(run.info.run_id, "report/plots")) == len(shown)
 
+    # a rerun that fails leaves the previous report whole, no temp folder, and no new MLflow run
+    (paths.cross_budget_dir(TIER, H) / "matrix.json").write_text("{not json")
+    with pytest.raises(TierHpoError, match="matrix.json is not valid JSON"):
+        run_cli("--tier", TIER)
+    assert (out / "summary.md").read_text() == md
+    assert not [p for p in (project / "reports").iterdir() if p.name.startswith(".")]
+    assert len(client.search_runs([experiment_id], "tags.stage = 'report'")) == 1
+
 
 @pytest.mark.parametrize(
     ("aucs", "verdict", "must", "must_not"),
@@ -311,24 +319,24 @@ def test_partial_report_marks_missing_sections(project):
     assert not list((project / "reports" / TIER / "plots").glob("*reliability*"))
 
 
-def test_nests_under_mlflow_run_and_a_failed_rerun_keeps_the_previous_report(project, monkeypatch, capsys):
+def test_report_run_nests_under_an_outer_mlflow_run(project, monkeypatch, tmp_path):
     # under `mlflow run`, MLFLOW_RUN_ID names the entry point's run: the report run nests under it
     client = MlflowClient(paths.mlflow_tracking_uri())
     outer_exp = client.create_experiment("outer", artifact_location=paths.mlflow_artifact_root() + "/outer")
     outer = client.create_run(outer_exp, run_name="mlflow-run-main").info.run_id
     monkeypatch.setenv("MLFLOW_RUN_ID", outer)
-    run_cli("--tier", TIER)
-    (child,) = client.search_runs([outer_exp], "tags.stage = 'report'")
-    assert child.data.tags["mlflow.parentRunId"] == outer and child.info.status == "FINISHED"
+    (tmp_path / "rep").mkdir()
+    (tmp_path / "rep" / "summary.md").write_text("# report\n")
+    minimal = {"tier": TIER, "git_commit": "abc", "data_version": "d", "horizons": [], "headline": {},
+               "params": {"alpha": 0.05}}
+    run_id = report.log_to_mlflow(minimal, tmp_path / "rep")
+    child = client.get_run(run_id)
+    assert child.info.experiment_id == outer_exp and child.data.tags["mlflow.parentRunId"] == outer
+    assert child.info.status == "FINISHED"
     assert client.get_run(outer).info.status == "RUNNING"  # the outer run is mlflow run's to end
-    monkeypatch.delenv("MLFLOW_RUN_ID")
-
-    before = (project / "reports" / TIER / "summary.md").read_text()
-    (paths.cross_budget_dir(TIER, H) / "matrix.json").write_text("{not json")
-    err = cli_error(monkeypatch, capsys, "--tier", TIER, "--no-mlflow")
-    assert "matrix.json is not valid JSON" in err
-    assert (project / "reports" / TIER / "summary.md").read_text() == before
-    assert not [p for p in (project / "reports").iterdir() if p.name.startswith(".")]
+    monkeypatch.setenv("MLFLOW_RUN_ID", "0" * 32)
+    with pytest.raises(TierHpoError, match="MLFLOW_RUN_ID=0+ is not a run"):
+        report.log_to_mlflow(minimal, tmp_path / "rep")
 
 
 def test_stale_promotion_and_missing_study_are_refused(project, monkeypatch, capsys):
