@@ -386,7 +386,7 @@ def scaling_verdict(
             comparisons.append({"larger": names[j], "smaller": names[i], "adjacent": j == i + 1,
                                 "diff": diff, "se": se, "lo": float(lo), "hi": float(hi), "p_value": p})
     if boot is not None:
-        _check_resolution(len(boot), len(comparisons), alpha)
+        check_resolution(len(boot), len(comparisons), alpha)
     reject, p_holm, _, _ = multipletests([c["p_value"] for c in comparisons], alpha=alpha, method="holm")
     for c, rej, ph in zip(comparisons, reject, p_holm, strict=True):
         c["p_holm"] = float(ph)
@@ -410,7 +410,7 @@ def scaling_verdict(
     }
 
 
-def _check_resolution(reps: int, n_tests: int, alpha: float) -> None:
+def check_resolution(reps: int, n_tests: int, alpha: float) -> None:
     """A bootstrap p-value is at least ``2 / (reps + 1)``; Holm multiplies the smallest by the number
     of tests. With too few resamples no comparison could ever be significant, and every verdict
     would be "inconclusive" by construction rather than by the data."""

@@ -284,11 +284,13 @@ def shared_test_days(promote: dict[str, dict[str, Any]], column: str = "p_raw") 
             raise TierHpoError(f"promotion predictions of {budget} repeat a test day; rerun promote")
         merged = frame if merged is None else merged.merge(frame, on="date", how="inner")
     assert merged is not None
+    if merged.empty:
+        raise TierHpoError("the budgets' promotion predictions share no test day; rerun promote for every budget")
     label_cols = [c for c in merged.columns if c.startswith("y_")]
     labels = merged[label_cols].to_numpy()
-    if len(merged) and not (labels == labels[:, :1]).all():
+    if not (labels == labels[:, :1]).all():
         raise TierHpoError("the budgets' test labels disagree on the same days; rerun promote for every budget")
-    merged = merged.assign(y=labels[:, 0] if len(merged) else []).drop(columns=label_cols)
+    merged = merged.assign(y=labels[:, 0]).drop(columns=label_cols)
     return merged.sort_values("date").reset_index(drop=True)
 
 
@@ -348,6 +350,12 @@ def baselines_section(inputs: HorizonInputs, cfg: ReportParams) -> dict[str, Any
                                 ("auc_a", "auc_b", "diff", "lo", "hi", "p_value", "se")}})
     if comparisons:
         from statsmodels.stats.multitest import multipletests
+
+        if cfg.method != "delong":
+            try:
+                stats.check_resolution(cfg.bootstrap_reps, len(comparisons), cfg.alpha)
+            except ValueError as exc:
+                raise TierHpoError(f"baseline comparisons for {inputs.tier} h{inputs.horizon}: {exc}") from None
 
         reject, p_holm, _, _ = multipletests([c["p_value"] for c in comparisons], alpha=cfg.alpha, method="holm")
         for c, rej, ph in zip(comparisons, reject, p_holm, strict=True):
