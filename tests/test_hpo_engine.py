@@ -21,51 +21,21 @@ from optuna.trial import TrialState
 
 import training.search.objective as objective_module
 from pipelines.errors import TierHpoError
+from tests.hpo_tiny import SPACE, settings, tiny_data, tiny_spec
 from training.dataset import TierData
 from training.model import ModelConfig, PatchTSTClassifier
 from training.search import waste
-from training.search.config import PrunerConfig, StorageConfig
-from training.search.coverage import CoverageConfig
 from training.search.results import write_outputs
 from training.search.space import ParamConfig, SearchSpace
-from training.search.study import StudySpec, WorkerSettings, _hpo_view, open_study, run_study
+from training.search.study import _hpo_view, open_study, run_study
 from training.search.tracking import PARENT_TAG
-from training.synthetic import synthetic_tier
-from training.trainer import TrainConfig
 from training.trainer import train as real_train
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-SPACE = SearchSpace.from_config({
-    "lr": ParamConfig("float", 1e-3, 1e-2, log=True),
-    "dropout": ParamConfig("float", 0.0, 0.2),
-    "n_layers": ParamConfig("int", 1, 2),
-    "n_heads": ParamConfig("categorical", choices=[1, 2]),
-    "batch_size": ParamConfig("categorical", choices=[64, 128]),
-})
 BEST_KEYS = {"study_name", "storage", "tier", "budget", "budget_params", "horizon", "seed", "trial_number",
              "mlflow_run_id", "parent_run_id", "experiment_id", "params", "model_config", "train_config",
              "n_params", "metrics", "data_version", "git_commit"}
-
-
-def tiny_data() -> TierData:
-    return synthetic_tier(n_days=420, n_features=6, context_len=8, seed=1)
-
-
-def tiny_spec(data: TierData, **over) -> StudySpec:
-    base = dict(
-        tier="a20", budget="5K", horizon=1, space=SPACE, n_features=data.n_features, context_len=data.context_len,
-        data_version="synthetic-1", train=TrainConfig(max_epochs=2, patience=2, progress=False, eval_batch_size=512),
-        forced=2, coverage=CoverageConfig(bins=3, target=0.8, pairs=[["lr", "batch_size"]]),
-        pruner=PrunerConfig(kind="none"),
-    )
-    base.update(over)
-    return StudySpec(**base)
-
-
-def settings(tracking_uri: str | None = None) -> WorkerSettings:
-    return WorkerSettings(storage=StorageConfig(heartbeat_interval=1, grace_period=3), log_every_s=0.0,
-                          tracking_uri=tracking_uri)
 
 
 @pytest.fixture(scope="module")
