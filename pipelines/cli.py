@@ -13,6 +13,7 @@ import sys
 
 import click
 import typer
+from typer._click import exceptions as typer_click
 
 from pipelines.errors import TierHpoError
 
@@ -57,16 +58,22 @@ class LazyStages(click.Group):
 cli = LazyStages(name="tierhpo", help="Budget-exact transformer HPO on feature tiers, tracked end to end.")
 
 
+# typer >= 0.29 vendors its own click: stage commands raise typer's copies of these.
+_EXITS = (click.exceptions.Exit, typer.Exit)
+_USAGE = (click.ClickException, typer_click.ClickException)
+_ABORTS = (click.exceptions.Abort, typer.Abort, KeyboardInterrupt)
+
+
 def app() -> None:
     """Console-script entry point: user errors become one line and exit status 2."""
     try:
         cli.main(prog_name="tierhpo", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except _EXITS as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
+    except _USAGE as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except _ABORTS:
         print("tierhpo: aborted", file=sys.stderr)
         sys.exit(130)
     except TierHpoError as exc:
