@@ -16,12 +16,12 @@ import optuna
 import pandas as pd
 import pytest
 import torch
+from hpo_tiny import SPACE, settings, tiny_data, tiny_spec
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 import training.search.objective as objective_module
 from pipelines.errors import TierHpoError
-from tests.hpo_tiny import SPACE, settings, tiny_data, tiny_spec
 from training.dataset import TierData
 from training.model import ModelConfig, PatchTSTClassifier
 from training.search import waste
