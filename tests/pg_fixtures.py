@@ -90,6 +90,24 @@ def drop_database(name: str, admin_url: str = ADMIN_URL) -> None:
         conn.close()
 
 
+def set_connections_allowed(name: str, allowed: bool, admin_url: str = ADMIN_URL) -> None:
+    """Fault injection: refuse (and cut) every connection to database ``name``, or allow them again.
+
+    What workers see is what a restarting or unreachable server gives them: their open
+    connections are terminated and new ones are refused.
+    """
+    conn = _admin_connection(admin_url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
+                sql.Identifier(name), sql.SQL("true" if allowed else "false")))
+            if not allowed:
+                cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+    finally:
+        conn.close()
+
+
 @contextmanager
 def fresh_database(tag: str = "", admin_url: str = ADMIN_URL) -> Iterator[str]:
     """Create a uniquely named database, yield its URL, drop it whatever happens."""

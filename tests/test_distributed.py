@@ -15,16 +15,16 @@ import pytest
 import sqlalchemy
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
-from pg_fixtures import database_exists, database_url, free_port
+from pg_fixtures import database_exists, database_url, free_port, set_connections_allowed
 
 from pipelines.errors import TierHpoError
 from training.search import storage_checks as sc
 from training.search.config import PrunerConfig, StorageConfig
 from training.search.coverage import CoverageConfig
 from training.search.space import ParamConfig, SearchSpace
-from training.search.study import StudySpec, WorkerSettings, build_engine
+from training.search.study import StudySpec, WorkerSettings, build_engine, open_study
 from training.search.tracking import PARENT_ATTR, PARENT_TAG, RUN_ATTR, TRIAL_TAG
-from training.search.workers import available_cpus, run_workers
+from training.search.workers import Backoff, available_cpus, run_workers
 from training.synthetic import synthetic_tier
 from training.trainer import TrainConfig
 
@@ -193,7 +193,7 @@ def tiny_spec(data, **over) -> StudySpec:
 
 
 def settings(tracking_uri: str | None = None) -> WorkerSettings:
-    return WorkerSettings(storage=StorageConfig(heartbeat_interval=1, grace_period=3, poll_seconds=0.5),
+    return WorkerSettings(storage=StorageConfig(heartbeat_interval=1, grace_period=10, poll_seconds=0.5),
                           log_every_s=0.0, tracking_uri=tracking_uri)
 
 
@@ -325,3 +325,143 @@ def test_sigkill_of_a_worker_mid_trial_loses_nothing_and_leaves_no_run_running(p
     finished = [r for r in trial_runs(client, parent_id) if r.info.status == "FINISHED"]
     assert sorted(r.info.run_id for r in finished) == sorted(t.user_attrs[RUN_ATTR] for t in complete)
     assert client.get_run(parent_id).info.status == "FINISHED"
+
+
+def _cut_storage_after(url: str, spec: StudySpec, n_complete: int, seen: dict, stop: threading.Event,
+                       outage_s: float | None) -> None:
+    """Once ``n_complete`` trials are COMPLETE, cut every connection to the study database and refuse
+    new ones for ``outage_s`` seconds (None: until ``stop``)."""
+    name = sqlalchemy.engine.make_url(url).database
+    engine = sqlalchemy.create_engine(sc.normalize_storage_url(url), poolclass=sqlalchemy.pool.NullPool)
+    query = sqlalchemy.text("SELECT t.number, t.state, v.value FROM trials t JOIN studies s USING (study_id) "
+                            "LEFT JOIN trial_values v USING (trial_id) WHERE s.study_name = :n")
+    try:
+        while not stop.is_set():
+            with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError), engine.connect() as conn:
+                rows = conn.execute(query, {"n": spec.study_name}).all()
+                complete = {number: value for number, state, value in rows if state == "COMPLETE"}
+                if len(complete) >= n_complete and any(state == "RUNNING" for _, state, _ in rows):
+                    seen["complete"] = complete
+                    break
+            time.sleep(0.1)
+        else:
+            return
+    finally:
+        engine.dispose()
+    set_connections_allowed(name, False)
+    seen["cut_at"] = time.monotonic()
+    try:
+        stop.wait(outage_s)
+    finally:
+        set_connections_allowed(name, True)
+        seen["back_at"] = time.monotonic()
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_workers_ride_out_a_database_outage_with_backoff(pg_database, isolated_stores):
+    data = tiny_data()
+    spec = tiny_spec(data, forced=2)
+    seen: dict = {}
+    stop = threading.Event()
+    cutter = threading.Thread(target=_cut_storage_after, args=(pg_database, spec, 2, seen, stop, 6.0), daemon=True)
+    cutter.start()
+    try:
+        result = run_workers(spec, data, 8, pg_database, n_workers=2, settings=settings(),
+                             backoff=Backoff(tries=10, first_s=0.5, max_s=3.0), plots=False)
+    finally:
+        stop.set()
+        cutter.join(30)
+    assert "cut_at" in seen, "the outage never started"
+    assert [e.exitcode for e in result.report.exits] == [0, 0]  # both came back after the outage
+    study = load(pg_database, spec)
+    complete = assert_exact_study(study, 8)
+    by_number = {t.number: t for t in study.get_trials()}
+    for number, value in seen["complete"].items():
+        assert by_number[number].state == TrialState.COMPLETE and by_number[number].value == value
+    assert all(t.datetime_complete is not None for t in complete)
+    client = MlflowClient()
+    assert not running_runs(client, study.user_attrs[PARENT_ATTR])
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_an_outage_longer_than_the_backoff_stops_workers_clearly_and_a_rerun_completes(
+        pg_database, isolated_stores, capfd):
+    data = tiny_data()
+    spec = tiny_spec(data, forced=2)
+    url = with_password(pg_database)
+    seen: dict = {}
+    stop = threading.Event()
+    cutter = threading.Thread(target=_cut_storage_after, args=(url, spec, 2, seen, stop, None), daemon=True)
+    cutter.start()
+    try:
+        with pytest.raises(TierHpoError) as info:
+            run_workers(spec, data, 8, url, n_workers=2, settings=settings(),
+                        backoff=Backoff(tries=2, first_s=0.2, max_s=0.4), plots=False)
+    finally:
+        stop.set()
+        cutter.join(30)
+    message = str(info.value)
+    assert "unreachable" in message and "lost the study storage" in message and "\n" not in message
+    assert SECRET not in message + "".join(capfd.readouterr())
+
+    result = run_workers(spec, data, 8, url, n_workers=2, settings=settings(), plots=False)  # resume
+    study = load(pg_database, spec)
+    complete = assert_exact_study(study, 8)
+    by_number = {t.number: t for t in study.get_trials()}
+    for number, value in seen["complete"].items():  # nothing finished before the outage was lost
+        assert by_number[number].state == TrialState.COMPLETE and by_number[number].value == value
+    assert result.metrics["hpo/n_complete"] == 8
+    assert not running_runs(MlflowClient(), study.user_attrs[PARENT_ATTR])
+    assert len(complete) == 8
+
+
+@pytest.mark.postgres
+def test_run_workers_refuses_bad_storage_before_creating_anything(postgres_server, tmp_path):
+    data = tiny_data()
+    spec = tiny_spec(data)
+    missing = "tierhpo_t_missing_db_run_workers"
+    cases = [
+        ("postgresql://postgres@127.0.0.1:notaport/x", "port must be a number"),
+        ("mysql://u@h/db", "unsupported storage backend"),
+        (f"sqlite:///{tmp_path / 'nope' / 'optuna.db'}", "does not exist; create it first"),
+        (database_url(missing), f"database '{missing}' does not exist"),
+        (f"postgresql://postgres@127.0.0.1:{free_port()}/x", "cannot reach the study storage"),
+    ]
+    for url, needle in cases:
+        with pytest.raises(TierHpoError) as info:
+            run_workers(spec, data, 8, url, n_workers=2, settings=settings())
+        assert needle in str(info.value) and "\n" not in str(info.value)
+    assert not database_exists(missing) and not (tmp_path / "nope").exists()
+    assert not list(tmp_path.rglob("*.db"))  # no MLflow or Optuna store was created either
+
+
+@pytest.mark.postgres
+def test_joining_a_study_with_another_search_space_is_refused_and_creates_nothing(pg_database, isolated_stores):
+    data = tiny_data()
+    spec = tiny_spec(data)
+    with pytest.raises(TierHpoError, match="holds no Optuna study yet"):
+        run_workers(spec, data, 8, pg_database, n_workers=2, settings=settings(), join=True)
+    engine = sqlalchemy.create_engine(sc.normalize_storage_url(pg_database))
+    assert sqlalchemy.inspect(engine).get_table_names() == []  # --join did not even create tables
+    engine.dispose()
+
+    open_study(spec, pg_database, settings())  # the first machine created the study
+    wider = SearchSpace.from_config({
+        "lr": ParamConfig("float", 1e-4, 1e-2, log=True),
+        "dropout": ParamConfig("float", 0.0, 0.2),
+        "n_layers": ParamConfig("int", 1, 2),
+        "n_heads": ParamConfig("categorical", choices=[1, 2]),
+        "batch_size": ParamConfig("categorical", choices=[64, 128]),
+    })
+    other = tiny_spec(data, space=wider)
+    with pytest.raises(TierHpoError) as info:
+        run_workers(other, data, 8, pg_database, n_workers=2, settings=settings(), join=True)
+    message = str(info.value)
+    assert f"study {spec.study_name}" in message and "different search space" in message
+    assert "space (lr)" in message and "\n" not in message
+    storage = optuna.storages.RDBStorage(sc.normalize_storage_url(pg_database))
+    assert optuna.study.get_all_study_names(storage) == [spec.study_name]
+    assert not storage.get_all_trials(storage.get_study_id_from_name(spec.study_name),
+                                      states=(TrialState.RUNNING, TrialState.COMPLETE))

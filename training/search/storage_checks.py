@@ -28,10 +28,11 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
 import re
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,25 @@ def _first_line(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+class StorageUnavailable(TierHpoError):
+    """The storage server did not answer or dropped the connection (down, restarting, network):
+    worth retrying, unlike a missing database, bad credentials or a bad URL."""
+
+
+class StorageBusy(TierHpoError):
+    """A study lock was not granted in time."""
+
+
+def connection_error(url: str, exc: BaseException) -> TierHpoError:
+    """The ``TierHpoError`` (``StorageUnavailable`` when retrying can help) for a failed connection."""
+    message = describe_connection_error(url, exc)
+    text = str(getattr(exc, "orig", None) or exc)
+    permanent = "does not exist" in text or "password" in text or "authentication failed" in text
+    if _is_operational(exc) and not permanent:
+        return StorageUnavailable(message)
+    return TierHpoError(message)
+
+
 def describe_connection_error(url: str, exc: BaseException) -> str:
     """One actionable line for a failed connection to the storage at ``url``."""
     parsed = _parse(url)
@@ -179,7 +199,7 @@ def check_storage_reachable(url: str) -> str:
         with engine.connect() as conn:
             conn.exec_driver_sql("SELECT 1")
     except (sqlalchemy.exc.SQLAlchemyError, OSError) as exc:
-        raise TierHpoError(describe_connection_error(url, exc)) from None
+        raise connection_error(url, exc) from None
     finally:
         engine.dispose()
     return url
@@ -205,7 +225,7 @@ def ensure_schema(url: str) -> None:
         try:
             storage = optuna.storages.RDBStorage(url)
         except Exception as exc:
-            raise TierHpoError(describe_connection_error(url, exc)) from None
+            raise connection_error(url, exc) from None
         storage.remove_session()
         storage.engine.dispose()
 
@@ -287,34 +307,50 @@ def check_study_compatible(
         )
 
 
+_LOCK_ENGINES: dict[tuple[int, str], Any] = {}
+
+
+def _lock_engine(url: str):
+    """One small pool per process and URL for lock sessions (a new connection per lock would cost
+    a TCP + auth round trip each trial). Keyed by pid: a forked child never reuses its parent's."""
+    import sqlalchemy
+
+    key = (os.getpid(), url)
+    if key not in _LOCK_ENGINES:
+        _LOCK_ENGINES[key] = sqlalchemy.create_engine(
+            url, pool_size=1, max_overflow=4, pool_pre_ping=True,
+            connect_args={"connect_timeout": CONNECT_TIMEOUT_S},
+        )
+    return _LOCK_ENGINES[key]
+
+
 @contextmanager
 def _pg_advisory_lock(url: str, study_name: str, deadline: float, timeout_s: float,
                       poll_s: float) -> Iterator[None]:
     import sqlalchemy.exc
 
     key = _lock_key(study_name)
-    engine = _engine(url)
     try:
-        try:
-            conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            while not conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({key})").scalar():
-                if time.monotonic() > deadline:
-                    conn.close()
-                    raise TierHpoError(f"study '{study_name}' stayed locked by another worker for "
-                                       f"{timeout_s:.0f} s; is a worker stuck?")
-                time.sleep(poll_s)
-        except sqlalchemy.exc.OperationalError as exc:
-            raise TierHpoError(describe_connection_error(url, exc)) from None
-        try:
-            yield
-        finally:
-            try:
-                conn.exec_driver_sql(f"SELECT pg_advisory_unlock({key})")
+        conn = _lock_engine(url).connect().execution_options(isolation_level="AUTOCOMMIT")
+        while not conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({key})").scalar():
+            if time.monotonic() > deadline:
                 conn.close()
-            except sqlalchemy.exc.SQLAlchemyError:
-                pass  # connection gone: the server released the session's lock with it
+                raise StorageBusy(f"study '{study_name}' stayed locked by another worker for "
+                                  f"{timeout_s:.0f} s; is a worker stuck?")
+            time.sleep(poll_s)
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        raise connection_error(url, exc) from None
+    try:
+        yield
     finally:
-        engine.dispose()
+        try:
+            conn.exec_driver_sql(f"SELECT pg_advisory_unlock({key})")
+            conn.close()
+        except sqlalchemy.exc.SQLAlchemyError:
+            # Gone with its connection (the server released the lock), or unknown: never let a
+            # session that may still hold the lock go back to the pool.
+            with suppress(Exception):
+                conn.invalidate()
 
 
 def _lock_key(study_name: str) -> int:
@@ -347,7 +383,7 @@ def study_lock(url: str, study_name: str, timeout_s: float = 600.0, poll_s: floa
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise TierHpoError(f"study '{study_name}' stayed locked ({lock_path}) for "
+                    raise StorageBusy(f"study '{study_name}' stayed locked ({lock_path}) for "
                                        f"{timeout_s:.0f} s; is a worker stuck?") from None
                 time.sleep(poll_s)
         try:

@@ -25,8 +25,9 @@ This module adds what a process pool needs around that loop:
 * ``join=True`` (``tierhpo hpo --join``, for extra machines): the study must already exist; a
   different search space or settings is an error naming what differs, and nothing is created.
 
-Processes are started with ``spawn`` (no forked torch or database state); the work is sent
-pickled and unpickled only after the worker pinned its threads.
+Processes come from a ``forkserver`` that has imported the engine once (torch, Optuna, MLflow:
+seconds per process otherwise) but holds no database connection, MLflow client or torch thread
+pool; each worker pins its CPUs and threads before torch runs anything, then unpickles its work.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 from pipelines.errors import TierHpoError
 from training.search import storage_checks as sc
 
-if TYPE_CHECKING:  # torch-heavy imports stay out of a spawned worker until its threads are pinned
+if TYPE_CHECKING:
     from training.dataset import TierData
     from training.search.study import StudySpec, WorkerReport, WorkerSettings
 
@@ -154,7 +155,7 @@ def wait_for_storage(url: str, backoff: Backoff, echo: Callable[[str], None], wh
         try:
             sc.check_storage_reachable(url)
             return
-        except TierHpoError as exc:
+        except sc.StorageUnavailable as exc:
             last = str(exc)
     raise TierHpoError(
         f"lost the study storage {sc.redact_url(url)} and it did not come back after {backoff.tries} tries "
@@ -163,45 +164,60 @@ def wait_for_storage(url: str, backoff: Backoff, echo: Callable[[str], None], wh
     )
 
 
+def _storage_down(url: str) -> bool:
+    try:
+        sc.check_storage_reachable(url)
+    except sc.StorageUnavailable:
+        return True
+    except TierHpoError:
+        return False
+    return False
+
+
 def run_worker_resilient(spec: StudySpec, data: TierData, n_trials: int, url: str, *,
                          settings: WorkerSettings, worker_index: int, backoff: Backoff,
                          echo: Callable[[str], None]) -> list[WorkerReport]:
     """``run_worker`` against ``url`` (locked per study), resumed after connection losses.
 
-    A loss that comes more than ``backoff.max_s`` after the previous one starts a fresh series
-    of tries, so a long study survives several short outages.
+    Every loss starts a fresh series of ``backoff.tries`` probes, so a long study survives
+    several short outages; one outage longer than the whole series ends the worker.
     """
+    from optuna.exceptions import UpdateFinishedTrialError
+
     from training.search.study import run_worker
 
     reports: list[WorkerReport] = []
-    recovering = False
     while True:
-        started = time.monotonic()
         try:
             reports.append(run_worker(spec, data, n_trials, url, settings=settings, worker_index=worker_index,
                                       lock=lambda: sc.study_lock(url, spec.study_name), echo=echo))
             return reports
+        except UpdateFinishedTrialError as exc:
+            # Our heartbeat came too late (an overloaded host, a stalled connection): another worker
+            # failed and re-queued the trial while we ran it. The storage is consistent (the trial
+            # stays FAIL, its retry is queued, the engine closed our MLflow run); carry on.
+            echo(f"{exc} (another worker declared it dead: heartbeat later than the grace period); continuing")
+            continue
+        except sc.StorageUnavailable as exc:
+            why = str(exc)
         except TierHpoError as exc:
-            # the engine reports an unreachable storage as TierHpoError while opening it
-            if not (recovering and "storage" in str(exc)):
+            # the engine reports a storage it cannot open as TierHpoError: retry only if it is down
+            if not _storage_down(url):
                 raise
             why = str(exc)
         except Exception as exc:
             if not is_connection_loss(exc):
                 raise
-            why = sc.redact_text(str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-                                 if str(exc).strip() else type(exc).__name__)
-        if time.monotonic() - started > backoff.max_s:
-            recovering = False
+            text = str(getattr(exc, "orig", None) or exc).strip()
+            why = sc.redact_text(text.splitlines()[0] if text else type(exc).__name__)
         wait_for_storage(url, backoff, echo, why)
-        recovering = True
 
 
 # ---------------------------------------------------------------------- the worker process
 
 
 def _worker_main(plan: WorkerPlan, payload: bytes, conn: Connection) -> None:
-    """Entry point of one spawned worker: pin threads, then unpickle the work and run it."""
+    """Entry point of one worker process: pin threads, then unpickle the work and run it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into one SIGTERM per worker
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # no "View run" line per run
     pin_process(plan)
@@ -296,7 +312,7 @@ def check_joinable(spec: StudySpec, url: str) -> None:
     try:
         has_tables = sqlalchemy.inspect(engine).has_table("studies")
     except sqlalchemy.exc.SQLAlchemyError as exc:
-        raise TierHpoError(sc.describe_connection_error(url, exc)) from None
+        raise sc.connection_error(url, exc) from None
     finally:
         engine.dispose()
     where = sc.redact_url(url)
@@ -355,11 +371,24 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
+_PRELOAD = ["training.search.study", "training.search.results", "training.search.workers"]
+
+
+def _context() -> mp.context.BaseContext:
+    """``forkserver`` preloaded with the engine (one import for all workers and all calls in
+    this process); ``spawn`` where there is no forkserver."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(_PRELOAD)
+    return ctx
+
+
 def spawn_workers(spec: StudySpec, data: TierData | Callable[[], TierData], n_trials: int, url: str,
                   plans: list[WorkerPlan], settings: WorkerSettings, backoff: Backoff,
                   echo: Callable[[str], None], stop_timeout_s: float = STOP_TIMEOUT_S) -> list[WorkerExit]:
-    """Start one spawned process per plan, wait for all, collect their exits."""
-    ctx = mp.get_context("spawn")
+    """Start one process per plan, wait for all, collect their exits."""
+    ctx = _context()
     payload = pickle.dumps({"spec": spec, "data": data, "n_trials": n_trials, "url": url,
                             "settings": settings, "backoff": backoff})
     procs: list[Any] = []
