@@ -7,6 +7,7 @@ stores under a module temp dir, passed explicitly (the per-test env stores of co
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -25,10 +26,12 @@ from pipelines.errors import TierHpoError
 from training.dataset import TierData
 from training.model import ModelConfig, PatchTSTClassifier
 from training.search import waste
+from training.search.config import PrunerConfig
 from training.search.results import write_outputs
 from training.search.space import ParamConfig, SearchSpace
 from training.search.study import _hpo_view, open_study, run_study
 from training.search.tracking import PARENT_TAG
+from training.trainer import TrainConfig
 from training.trainer import train as real_train
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -279,3 +282,33 @@ def test_study_identity_and_storage_errors(tmp_path):
     handle.study.set_user_attr("tierhpo_spec", {**handle.study.user_attrs["tierhpo_spec"], "seed": 99})
     with pytest.raises(TierHpoError, match=r"exists with different settings \(seed\)"):
         open_study(spec, f"sqlite:///{tmp_path / 'o.db'}", settings())
+
+
+class _PruneTrials(optuna.pruners.BasePruner):
+    """Prunes trial 2 at its 2nd epoch (late: 2 > 0.5 x 3) and trial 3 at its 1st (early)."""
+
+    def prune(self, study, trial) -> bool:
+        step = trial.last_step or 0
+        return (trial.number == 2 and step >= 2) or (trial.number == 3 and step >= 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class _PruneTrialsConfig(PrunerConfig):
+    def build(self, max_epochs: int) -> optuna.pruners.BasePruner:
+        return _PruneTrials()
+
+
+def test_pruned_trials_are_killed_runs_and_late_ones_count_as_wasted():
+    data = tiny_data()
+    spec = tiny_spec(data, forced=2, pruner=_PruneTrialsConfig(kind="median"),
+                     train=TrainConfig(max_epochs=3, patience=3, progress=False))
+    result = run_study(spec, data, 3, settings=settings(), plots=False)
+    study = optuna.load_study(study_name=spec.study_name, storage=_default_storage())
+    states = [(t.state, t.user_attrs.get("wasted"), t.user_attrs["info"]["epochs"]) for t in study.get_trials()]
+    assert states[2] == (TrialState.PRUNED, waste.LATE_PRUNED, 2)
+    assert states[3] == (TrialState.PRUNED, None, 1)  # pruned early: the pruner saved compute, not wasted
+    assert [s[0] for s in states].count(TrialState.COMPLETE) == 3
+    statuses = {r.data.tags["trial_number"]: r.info.status for r in child_runs(MlflowClient(), result.parent_run_id)}
+    assert statuses["2"] == statuses["3"] == "KILLED"
+    assert result.metrics["hpo/wasted/late_pruned"] == pytest.approx(1 / 5)
+    assert result.metrics["hpo/n_pruned"] == 2
