@@ -24,7 +24,7 @@ from training.search.coverage import CoverageConfig
 from training.search.space import ParamConfig, SearchSpace
 from training.search.study import StudySpec, WorkerSettings, build_engine, open_study
 from training.search.tracking import PARENT_ATTR, PARENT_TAG, RUN_ATTR, TRIAL_TAG
-from training.search.workers import Backoff, available_cpus, run_workers
+from training.search.workers import Backoff, available_cpus, is_connection_loss, plan_workers, run_workers
 from training.synthetic import synthetic_tier
 from training.trainer import TrainConfig
 
@@ -88,6 +88,34 @@ def test_password_in_params_file_is_refused_but_allowed_from_env():
     assert "s3cret" not in str(info.value) and "~/.pgpass" in str(info.value)
     assert sc.normalize_storage_url(url) == "postgresql+psycopg2://alice:s3cret@h/hpo"
     assert sc.normalize_storage_url("postgres://alice@h/hpo") == "postgresql+psycopg2://alice@h/hpo"
+
+
+def test_plan_workers_splits_cores_into_disjoint_pinned_sets():
+    plans = plan_workers(2, cpus=[0, 1, 2, 3, 4])
+    assert [(p.index, p.threads, p.cpus) for p in plans] == [(0, 2, (0, 1)), (1, 2, (2, 3))]
+    assert [p.threads for p in plan_workers(2, cpus=[0, 1], threads=3)] == [3, 3]
+    over = plan_workers(3, cpus=[0, 1], index_offset=10)
+    assert [(p.index, p.threads, p.cpus) for p in over] == [(10, 1, None), (11, 1, None), (12, 1, None)]
+    with pytest.raises(TierHpoError, match="--workers must be >= 1"):
+        plan_workers(0)
+
+
+def test_a_refused_connection_counts_as_connection_loss_and_a_bug_does_not():
+    engine = sqlalchemy.create_engine(f"postgresql+psycopg2://u@127.0.0.1:{free_port()}/x",
+                                      connect_args={"connect_timeout": 2})
+    with pytest.raises(sqlalchemy.exc.OperationalError) as info:
+        engine.connect()
+    assert is_connection_loss(info.value)
+    try:
+        try:
+            raise info.value
+        except sqlalchemy.exc.OperationalError as exc:
+            raise RuntimeError("wrapped") from exc
+    except RuntimeError as wrapped:
+        assert is_connection_loss(wrapped)  # found through the cause chain
+    assert not is_connection_loss(ValueError("a bug"))
+    with pytest.raises(sc.StorageUnavailable):
+        sc.check_storage_reachable(f"postgresql://u@127.0.0.1:{free_port()}/x")
 
 
 # ---------------------------------------------------------------- against the real server

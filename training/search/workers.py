@@ -79,17 +79,19 @@ def available_cpus() -> list[int]:
 
 
 def plan_workers(n_workers: int, cpus: list[int] | None = None, *, pin: bool = True,
-                 index_offset: int = 0) -> list[WorkerPlan]:
-    """Split the CPUs between ``n_workers``: ``len(cpus) // n`` threads each (at least 1), and a
-    disjoint CPU set each when every worker gets at least one core and ``pin`` is set."""
+                 index_offset: int = 0, threads: int | None = None) -> list[WorkerPlan]:
+    """Split the CPUs between ``n_workers``: ``len(cpus) // n`` threads each (at least 1; ``threads``
+    overrides), and a disjoint CPU set each when every worker gets at least one core and ``pin``."""
     if n_workers < 1:
         raise TierHpoError(f"--workers must be >= 1, got {n_workers}")
+    if threads is not None and threads < 1:
+        raise TierHpoError(f"threads per worker must be >= 1, got {threads}")
     cpus = cpus if cpus is not None else available_cpus()
     per = max(1, len(cpus) // n_workers)
     plans = []
     for i in range(n_workers):
         own = tuple(cpus[i * per:(i + 1) * per]) if pin and n_workers <= len(cpus) else None
-        plans.append(WorkerPlan(index_offset + i, per, own))
+        plans.append(WorkerPlan(index_offset + i, threads or per, own))
     return plans
 
 
@@ -164,6 +166,26 @@ def wait_for_storage(url: str, backoff: Backoff, echo: Callable[[str], None], wh
     )
 
 
+class LockTimer:
+    """Seconds spent taking and giving back the study lock (storage overhead the engine's own
+    timers do not see: it takes the lock before starting them)."""
+
+    def __init__(self, factory: Callable[[], contextlib.AbstractContextManager]) -> None:
+        self.factory, self.seconds, self.count = factory, 0.0, 0
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        start = time.perf_counter()
+        with self.factory():
+            self.seconds += time.perf_counter() - start
+            self.count += 1
+            try:
+                yield
+            finally:
+                released = time.perf_counter()
+        self.seconds += time.perf_counter() - released  # not reached on an exception: fine for a timer
+
+
 def _storage_down(url: str) -> bool:
     try:
         sc.check_storage_reachable(url)
@@ -176,7 +198,7 @@ def _storage_down(url: str) -> bool:
 
 def run_worker_resilient(spec: StudySpec, data: TierData, n_trials: int, url: str, *,
                          settings: WorkerSettings, worker_index: int, backoff: Backoff,
-                         echo: Callable[[str], None]) -> list[WorkerReport]:
+                         echo: Callable[[str], None], lock: LockTimer | None = None) -> list[WorkerReport]:
     """``run_worker`` against ``url`` (locked per study), resumed after connection losses.
 
     Every loss starts a fresh series of ``backoff.tries`` probes, so a long study survives
@@ -186,11 +208,12 @@ def run_worker_resilient(spec: StudySpec, data: TierData, n_trials: int, url: st
 
     from training.search.study import run_worker
 
+    lock = lock or LockTimer(lambda: sc.study_lock(url, spec.study_name))
     reports: list[WorkerReport] = []
     while True:
         try:
             reports.append(run_worker(spec, data, n_trials, url, settings=settings, worker_index=worker_index,
-                                      lock=lambda: sc.study_lock(url, spec.study_name), echo=echo))
+                                      lock=lock, echo=echo))
             return reports
         except UpdateFinishedTrialError as exc:
             # Our heartbeat came too late (an overloaded host, a stalled connection): another worker
@@ -227,15 +250,16 @@ def _worker_main(plan: WorkerPlan, payload: bytes, conn: Connection) -> None:
     def echo(line: str) -> None:
         print(f"{prefix} {line}", flush=True)
 
-    code, message, reports = EXIT_BUG, "", []
+    code, message, reports, lock = EXIT_BUG, "", [], None
     try:
         work = pickle.loads(payload)
         data = work["data"]() if callable(work["data"]) else work["data"]
         echo(f"pid {os.getpid()}, {plan.threads} torch thread(s)"
              + (f", cpus {list(plan.cpus)}" if plan.cpus is not None else ""))
-        reports = run_worker_resilient(work["spec"], data, work["n_trials"], work["url"],
-                                       settings=work["settings"], worker_index=plan.index,
-                                       backoff=work["backoff"], echo=echo)
+        url, name = work["url"], work["spec"].study_name
+        lock = LockTimer(lambda: sc.study_lock(url, name))
+        reports = run_worker_resilient(work["spec"], data, work["n_trials"], url, settings=work["settings"],
+                                       worker_index=plan.index, backoff=work["backoff"], echo=echo, lock=lock)
         code = EXIT_OK
     except TierHpoError as exc:
         code, message = EXIT_ERROR, sc.redact_text(str(exc))
@@ -249,7 +273,7 @@ def _worker_main(plan: WorkerPlan, payload: bytes, conn: Connection) -> None:
         code, message = EXIT_BUG, sc.redact_text(f"{type(exc).__name__}: {str(exc).strip()[:300]}")
     finally:
         with contextlib.suppress(Exception):
-            conn.send((code, message, reports))
+            conn.send((code, message, reports, lock.seconds if lock else 0.0))
         conn.close()
     sys.exit(code)
 
@@ -263,7 +287,8 @@ class WorkerExit:
     pid: int | None
     exitcode: int | None  # negative: killed by that signal
     message: str = ""
-    reports: list[Any] = field(default_factory=list)
+    reports: list[Any] = field(default_factory=list)  # the engine's WorkerReport per (re)connection
+    lock_s: float = 0.0  # taking and giving back the study lock
 
     @property
     def trials(self) -> int:
@@ -409,8 +434,8 @@ def spawn_workers(spec: StudySpec, data: TierData | Callable[[], TierData], n_tr
                 for reader in wait(list(pending)):
                     plan, proc = pending.pop(reader)
                     with contextlib.suppress(EOFError, OSError):  # EOF: died without reporting (SIGKILL)
-                        code, message, reports = reader.recv()
-                        exits[plan.index] = WorkerExit(plan.index, proc.pid, code, message, reports)
+                        code, message, reports, lock_s = reader.recv()
+                        exits[plan.index] = WorkerExit(plan.index, proc.pid, code, message, reports, lock_s)
                     reader.close()
                     proc.join()
                     e = exits[plan.index]
@@ -436,6 +461,7 @@ def _describe_exit(code: int | None) -> str:
 def run_workers(spec: StudySpec, data: TierData | Callable[[], TierData], n_trials: int,
                 storage_url: str, *, n_workers: int, settings: WorkerSettings | None = None,
                 join: bool = False, index_offset: int = 0, pin_cpus: bool = True,
+                threads_per_worker: int | None = None,
                 backoff: Backoff | None = None, echo: Callable[[str], None] | None = None,
                 plots: bool = True, stop_timeout_s: float = STOP_TIMEOUT_S) -> Any:
     """Fill ``spec``'s study to ``n_trials`` COMPLETE trials with ``n_workers`` local processes.
@@ -460,7 +486,7 @@ def run_workers(spec: StudySpec, data: TierData | Callable[[], TierData], n_tria
     url = sc.check_storage_reachable(storage_url)
     if join:
         check_joinable(spec, url)
-    plans = plan_workers(n_workers, pin=pin_cpus, index_offset=index_offset)
+    plans = plan_workers(n_workers, pin=pin_cpus, index_offset=index_offset, threads=threads_per_worker)
     sc.ensure_schema(url)
     lock = lambda: sc.study_lock(url, spec.study_name)  # noqa: E731
     # Open once here: identity checks, forced points, the MLflow parent run; errors stay one line.
