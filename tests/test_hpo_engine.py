@@ -11,6 +11,8 @@ import dataclasses
 import json
 import math
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import optuna
@@ -27,6 +29,7 @@ from training.dataset import TierData
 from training.model import ModelConfig, PatchTSTClassifier
 from training.search import waste
 from training.search.config import PrunerConfig
+from training.search.objective import owner_gone, process_start, worker_info
 from training.search.results import write_outputs
 from training.search.space import ParamConfig, SearchSpace
 from training.search.study import _hpo_view, open_study, run_study
@@ -312,3 +315,19 @@ def test_pruned_trials_are_killed_runs_and_late_ones_count_as_wasted():
     assert statuses["2"] == statuses["3"] == "KILLED"
     assert result.metrics["hpo/wasted/late_pruned"] == pytest.approx(1 / 5)
     assert result.metrics["hpo/n_pruned"] == 2
+
+
+def test_owner_of_a_trial_is_dead_only_when_this_host_can_tell():
+    me = worker_info()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        owner = {**me, "pid": child.pid, "start": process_start(child.pid)}
+        assert not owner_gone(owner, me)  # alive
+        assert not owner_gone(me, me)  # this very process
+        assert not owner_gone({**owner, "host": "elsewhere"}, me)  # another host: heartbeat's job
+        assert owner_gone({**owner, "start": owner["start"] - 1}, me)  # the pid now belongs to someone else
+        assert owner_gone({**owner, "boot": "rebooted"}, me)
+    finally:
+        child.kill()
+        child.wait()
+    assert owner_gone(owner, me)  # killed

@@ -47,13 +47,35 @@ STRUCTURAL = ("n_layers", "n_heads", "d_ff_ratio", "patch_len", "stride")  # cha
 ARCH_PARAMS = (*STRUCTURAL, "dropout")  # training.budget.ModelParams.architecture() overrides
 
 
+def process_start(pid: int) -> int | None:
+    """Start time of process ``pid`` (clock ticks since boot), ``None`` if it is gone (or a zombie).
+    With the pid it identifies a process even where pids are reused (containers restart at low pids)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] == "Z" else int(fields[19])
+
+
 def worker_info() -> dict[str, Any]:
     """Who runs a trial: lets a restarted process on the same host see that the owner is gone."""
     try:
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
         boot = ""
-    return {"host": socket.gethostname(), "pid": os.getpid(), "boot": boot}
+    return {"host": socket.gethostname(), "pid": os.getpid(), "start": process_start(os.getpid()), "boot": boot}
+
+
+def owner_gone(owner: dict[str, Any], me: dict[str, Any]) -> bool:
+    """Whether the worker that claimed a trial is certainly dead, judged from this host.
+    Another host's worker cannot be checked from here: only its heartbeat tells."""
+    if not owner or owner.get("host") != me["host"] or not me["boot"]:
+        return False
+    if owner.get("boot") != me["boot"]:
+        return True  # this host rebooted since (power loss): every trial it ran is dead
+    if owner.get("pid") == me["pid"] and owner.get("start") == me["start"]:
+        return False  # this very process
+    return process_start(int(owner.get("pid") or 0)) != owner.get("start")
 
 
 @dataclass
@@ -147,7 +169,8 @@ class TrialRunner:
         try:
             self._known = []
             with self.storage_timer():
-                trial.set_user_attr("worker", worker_info())
+                if "worker" not in trial.user_attrs:  # run_worker sets it right after ask
+                    trial.set_user_attr("worker", worker_info())
                 trials = self._known = self.study.get_trials(deepcopy=False)
             me = next(t for t in trials if t.number == n)
             info["retry_of"] = me.system_attrs.get("failed_trial")

@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import hashlib
 import json
 import logging
-import os
 import signal
 import threading
 import time
@@ -55,7 +55,14 @@ from training.search.config import HpoConfig, PrunerConfig, StorageConfig
 from training.search.coverage import CoverageConfig, CoverageTracker
 from training.search.feasibility import Feasibility
 from training.search.forced import enqueue_forced, forced_configs
-from training.search.objective import ARCH_PARAMS, STRUCTURAL, TrialOutcome, TrialRunner, worker_info
+from training.search.objective import (
+    ARCH_PARAMS,
+    STRUCTURAL,
+    TrialOutcome,
+    TrialRunner,
+    owner_gone,
+    worker_info,
+)
 from training.search.sampler import CoverageSampler, derived_seed
 from training.search.space import SearchSpace
 from training.search.tracking import PARENT_ATTR, RUN_ATTR, TRIAL_TAG, StudyTracking
@@ -251,36 +258,27 @@ class StaleTrialHandler:
                                                        "fail_reason": waste.DIED})
 
 
-def _pid_dead(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie is dead too
-    except FileNotFoundError:
-        return True
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
-
-
 def fail_dead_trials(study: optuna.Study, storage: RDBStorage, handler: StaleTrialHandler) -> list[FrozenTrial]:
-    """Fail the RUNNING trials whose worker is gone: heartbeat-stale ones (Optuna), and, at once,
-    those owned by a dead process on this host (no need to wait out the grace period).
+    """Fail the RUNNING trials whose worker is gone and re-queue them:
+
+    * heartbeat-stale ones (Optuna's ``fail_stale_trials``; any host);
+    * at once, those whose owner on this host is dead (pid gone or reused, or the host rebooted);
+    * those that never got an owner or a heartbeat (the process died between ``ask`` and its
+      first write) once they are older than twice the grace period.
+
     Returns the study's trials as they are afterwards."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
     me = worker_info()
+    grace = 2 * (storage.grace_period or 2 * (storage.get_heartbeat_interval() or 60))
+    now = datetime.datetime.now()
     trials = study.get_trials(deepcopy=False)
     failed = False
     for t in (t for t in trials if t.state == TrialState.RUNNING):
-        owner = t.user_attrs.get("worker") or {}
-        if (owner.get("host") != me["host"] or owner.get("boot") != me["boot"] or owner.get("pid") == me["pid"]
-                or not _pid_dead(int(owner.get("pid", 0)))):
+        owner = t.user_attrs.get("worker")
+        orphan = owner is None and t.datetime_start is not None and (now - t.datetime_start).total_seconds() > grace
+        if not orphan and not owner_gone(owner or {}, me):
             continue
         try:  # FrozenTrial._trial_id: the storage key Optuna's own fail_stale_trials uses
             if storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
@@ -489,8 +487,10 @@ def run_worker(spec: StudySpec, data: TierData, n_trials: int, storage_url: str 
                 with (lock or contextlib.nullcontext)(), runner.storage_timer():
                     complete, running = _budget_left(fail_dead_trials(study, storage, handle.handler), n_trials)
                     trial = _ask(study) if complete + running < n_trials else None
-                    if trial is not None and storage.get_heartbeat_interval():
-                        storage.record_heartbeat(trial._trial_id)
+                    if trial is not None:  # claim it at once: owner for dead-process checks, first heartbeat
+                        trial.set_user_attr("worker", worker_info())
+                        if storage.get_heartbeat_interval():
+                            storage.record_heartbeat(trial._trial_id)
                 if complete >= n_trials:
                     break
                 if trial is None:  # the last slots are held by running trials that may still fail
