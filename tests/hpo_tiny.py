@@ -3,6 +3,13 @@ engine tests and the subprocesses of the crash tests."""
 
 from __future__ import annotations
 
+import shutil
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipelines import paths
 from training.dataset import TierData
 from training.search.config import PrunerConfig, StorageConfig
 from training.search.coverage import CoverageConfig
@@ -39,3 +46,28 @@ def settings(tracking_uri: str | None = None) -> WorkerSettings:
     """1 s heartbeats, 3 s grace: crash tests do not wait long for a stale trial."""
     return WorkerSettings(storage=StorageConfig(heartbeat_interval=1, grace_period=3, poll_seconds=0.2),
                           log_every_s=0.0, tracking_uri=tracking_uri)
+
+
+@pytest.fixture(scope="module")
+def store_templates(tmp_path_factory):
+    """Empty MLflow and Optuna databases, created once: creating their tables (Alembic migrations)
+    costs seconds, copying the files costs nothing. Every test still gets its own stores."""
+    root = tmp_path_factory.mktemp("templates")
+    MlflowClient(f"sqlite:///{root / 'mlflow.db'}").search_experiments()
+    optuna.storages.RDBStorage(f"sqlite:///{root / 'optuna.db'}")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def fresh_stores_from_templates(store_templates, isolated_stores):
+    for name in ("mlflow.db", "optuna.db"):
+        shutil.copyfile(store_templates / name, isolated_stores / name)
+
+
+def child_runs(client: MlflowClient, parent_id: str):
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    return client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
+
+
+def default_storage() -> str:
+    return paths.optuna_storage_url()
