@@ -21,12 +21,18 @@ class PrunerConfig:
     n_warmup_steps: int = 2  # median: epochs of every trial that are never pruned
     min_resource: int = 1  # hyperband: epochs of the smallest bracket
     reduction_factor: int = 3  # hyperband
+    # The pruner is asked only while epoch <= until_fraction x max_epochs: a later prune saves the
+    # few epochs left and throws away a nearly finished result (a "late-pruned" wasted trial);
+    # past that point early stopping on val/auc ends a hopeless trial anyway. 1.0 = ask every epoch.
+    until_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         if min(self.n_startup_trials, self.n_warmup_steps) < 0 or self.min_resource < 1 or self.reduction_factor < 2:
             raise TierHpoError(
                 "hpo.pruner: n_startup_trials/n_warmup_steps must be >= 0, min_resource >= 1, reduction_factor >= 2"
             )
+        if not 0.0 < self.until_fraction <= 1.0:
+            raise TierHpoError(f"hpo.pruner.until_fraction must be in (0, 1], got {self.until_fraction}")
 
     def build(self, max_epochs: int) -> optuna.pruners.BasePruner:
         if self.kind == "median":

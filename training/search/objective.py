@@ -214,7 +214,7 @@ class TrialRunner:
                 mlrun.log_epoch(report.epoch, step)
                 auc = report.metrics.get("val/auc", math.nan)
                 prune = False
-                if self.pruning:  # with pruner "none" the storage round trips are skipped
+                if self.pruning and report.epoch <= self.spec.pruner.until_fraction * train_cfg.max_epochs:
                     with self.storage_timer():
                         if math.isfinite(auc):
                             trial.report(auc, report.epoch)

@@ -6,6 +6,9 @@
 * ``failed``: an exception, a NaN/Inf loss, an interruption, or a worker that died (heartbeat).
 * ``late_pruned``: pruned after more than ``late_prune_fraction`` of ``max_epochs``: the compute
   was mostly spent before the pruner gave up on it. Early pruning is the pruner doing its job.
+  The engine asks the pruner only in the first ``hpo.pruner.until_fraction`` of the epochs, so
+  with the default (0.5 = ``late_prune_fraction``) late pruning cannot happen; it counts only
+  when a user lets the pruner act later.
 * ``infeasible``: an architecture the budget solver rejects reached the objective. The engine
   excludes these in the sampler, so this only occurs for baselines without that step (plain TPE,
   random search in the benchmark) or hand-enqueued configs.
