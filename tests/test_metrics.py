@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from evaluation.metrics import (
+    EPOCH_METRIC_NAMES,
     METRIC_NAMES,
     MetricsParams,
     classification_metrics,
@@ -44,6 +45,14 @@ def test_hand_computed_values():
     expected["log_loss_skill"] = 1 - expected["log_loss"] / expected["log_loss_base"]
     for name, value in expected.items():
         assert m[f"test/{name}"] == pytest.approx(value, abs=1e-12), name
+
+
+def test_a_subset_of_names_gives_the_same_values():
+    full = classification_metrics(Y, P, "val", base_rate=0.3)
+    part = classification_metrics(Y, P, "val", base_rate=0.3, names=EPOCH_METRIC_NAMES)
+    assert part == {f"val/{n}": full[f"val/{n}"] for n in EPOCH_METRIC_NAMES}
+    with pytest.raises(TierHpoError, match="unknown metric"):
+        classification_metrics(Y, P, "val", base_rate=0.3, names=("auc", "kappa"))
 
 
 def test_ece_bins_are_equal_width_and_weighted_by_count():

@@ -44,7 +44,8 @@ class ModelConfig:
     n_heads: int
     d_ff: int
     stride: int = 0  # 0 = patch_len (non-overlapping patches)
-    dropout: float = 0.1
+    dropout: float = 0.1  # embedding, residual and feed-forward dropout
+    attn_dropout: float = 0.0  # on attention weights; 0 (PatchTST's default) keeps the fused SDPA kernel
     channel_independent: bool = False
     norm: Literal["global", "revin"] = "global"
     pooling: Literal["last", "mean"] = "last"  # encoder output summarised by the newest token, or the mean
@@ -62,8 +63,9 @@ class ModelConfig:
             )
         if self.d_model % self.n_heads:
             raise TierHpoError(f"model.d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise TierHpoError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "attn_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise TierHpoError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
         if self.norm not in NORMS:
             raise TierHpoError(f"model.norm must be one of {list(NORMS)}, got {self.norm!r}")
         if self.pooling not in POOLINGS:
@@ -127,6 +129,7 @@ class PatchTSTClassifier(nn.Module):
             cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.dropout,
             activation="gelu", batch_first=True, norm_first=True,
         )
+        layer.self_attn.dropout = cfg.attn_dropout  # MultiheadAttention reads it at every call
         self.encoder = nn.TransformerEncoder(
             layer, cfg.n_layers, norm=nn.LayerNorm(cfg.d_model), enable_nested_tensor=False
         )
@@ -138,11 +141,15 @@ class PatchTSTClassifier(nn.Module):
         batch = x.shape[0]
         if self.revin is not None:
             x = self.revin(x)
-        patches = x[:, self.skip:].unfold(1, cfg.patch_len, cfg.step)  # (B, N, F, P)
+        x = x[:, self.skip:]  # (B, L', F)
         if cfg.channel_independent:
+            patches = x.unfold(1, cfg.patch_len, cfg.step)  # (B, N, F, P)
             tokens = patches.transpose(1, 2).reshape(batch * cfg.n_features, cfg.n_patches, cfg.patch_len)
-        else:
-            tokens = patches.reshape(batch, cfg.n_patches, cfg.n_features * cfg.patch_len)
+        elif cfg.step == cfg.patch_len:  # non-overlapping: a token is P consecutive days, a free view
+            tokens = x.reshape(batch, cfg.n_patches, cfg.patch_len * cfg.n_features)
+        else:  # overlapping: (B, N, F, P) -> (B, N, P, F) days-major like the view above
+            patches = x.unfold(1, cfg.patch_len, cfg.step)
+            tokens = patches.transpose(2, 3).reshape(batch, cfg.n_patches, cfg.patch_len * cfg.n_features)
         h = self.drop(self.embed(tokens) + self.pos)  # (B', N, d)
         h = self.encoder(h)  # (B', N, d)
         h = h[:, -1] if cfg.pooling == "last" else h.mean(dim=1)  # (B', d)
