@@ -1,0 +1,165 @@
+"""The whole product on the tiny profile, in a throwaway git copy of the repo with its own stores.
+
+The four ways users drive it: ``mlflow run . -P tier=a50`` (which runs the tier batch, i.e.
+``dvc repro`` of the tier's stages), a second ``dvc repro`` that does nothing, the batch
+resuming after a SIGKILL, and reproducing a tagged result from scratch. The steps share one
+repository copy because each costs a pipeline run; they are written to run in file order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import optuna
+import pytest
+import yaml
+from conftest import copy_repo, shrink
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+
+
+def make_env(stores: Path) -> dict[str, str]:
+    stores.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "TIERHPO_STORE_DIR": str(stores),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{stores / 'mlflow.db'}",
+        "TIERHPO_OPTUNA_STORAGE": f"sqlite:///{stores / 'optuna.db'}",
+        "PYTHONUNBUFFERED": "1",
+    }
+    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "TIERHPO_ROOT"):
+        env.pop(var, None)
+    return env
+
+
+def sh(cmd: list[str], repo: Path, env: dict[str, str], timeout: int = 1200) -> str:
+    result = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{' '.join(cmd)} -> {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout + result.stderr
+
+
+def git(repo: Path, *args: str) -> str:
+    return sh(["git", *args], repo, {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+                                     "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})
+
+
+def set_params(repo: Path, **sections: dict) -> None:
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for section, changes in sections.items():
+        params[section].update(changes)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def dvc_metrics(repo: Path, env: dict[str, str]) -> dict:
+    return json.loads(sh(["dvc", "metrics", "show", "--json"], repo, env))
+
+
+def studies(env: dict[str, str]) -> list[optuna.Study]:
+    url = env["TIERHPO_OPTUNA_STORAGE"]
+    return [optuna.load_study(study_name=s.study_name, storage=url) for s in optuna.get_all_study_summaries(url)]
+
+
+def running_runs(env: dict[str, str]) -> list[str]:
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return [r.info.run_id for r in client.search_runs(experiments, "attributes.status = 'RUNNING'")]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    repo = copy_repo(root / "repo")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    (repo / "params.yaml").write_text(yaml.safe_dump(shrink(params), sort_keys=False))
+    git(repo, "commit", "-qam", "tiny profile")
+    env = make_env(root / "stores")
+    # A fresh clone has no DVC cache: ingest --ensure regenerates data/raw and checks data.dvc's hash.
+    sh([str(BIN / "tierhpo"), "ingest", "--ensure"], repo, env)
+    return SimpleNamespace(repo=repo, root=root, env=env)
+
+
+def test_mlflow_run_runs_the_tier_pipeline_with_nested_runs(tiny):
+    sh([str(BIN / "mlflow"), "run", ".", "-P", "tier=a50", "--env-manager", "local"], tiny.repo, tiny.env)
+
+    client = MlflowClient(tiny.env["MLFLOW_TRACKING_URI"])
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments)
+    outer = [r for r in runs if r.data.tags.get("mlflow.project.entryPoint") == "main"]
+    assert len(outer) == 1 and outer[0].info.status == "FINISHED"
+    parents = [r for r in runs if "study_name" in r.data.tags and "trial_number" not in r.data.tags]
+    assert {r.data.tags["budget"] for r in parents} == {"20K", "40K"}
+    for parent in parents:
+        assert parent.data.tags["mlflow.parentRunId"] == outer[0].info.run_id
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+                    and "trial_number" in r.data.tags]
+        finished = [r for r in children if r.info.status == "FINISHED"]
+        assert len(finished) >= 3 and all("val/auc" in r.data.metrics for r in finished)
+    assert not running_runs(tiny.env)
+    for budget in ("20K", "40K"):
+        assert client.get_registered_model(f"tierhpo-a50-h1-{budget}").latest_versions
+    assert (tiny.repo / "reports" / "a50" / "summary.md").stat().st_size > 0
+    assert "up to date" in sh(["dvc", "status"], tiny.repo, tiny.env)
+
+
+def test_second_dvc_repro_does_nothing(tiny):
+    out = sh(["dvc", "repro"], tiny.repo, tiny.env)
+    assert "Running stage" not in out, out
+
+
+def test_batch_resumes_after_sigkill(tiny):
+    set_params(tiny.repo, hpo={"trials": 4})  # the study name excludes the trial count: it resumes
+    batch = subprocess.Popen([str(BIN / "tierhpo"), "batch", "--tier", "a50"], cwd=tiny.repo, env=tiny.env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and batch.poll() is None:
+            if any(t.state == optuna.trial.TrialState.RUNNING and t.number >= 3
+                   for s in studies(tiny.env) for t in s.trials):
+                break
+            time.sleep(0.5)
+        assert batch.poll() is None, "the batch finished before it could be interrupted"
+        os.killpg(batch.pid, signal.SIGKILL)
+        batch.wait(timeout=30)
+    finally:
+        if batch.poll() is None:
+            os.killpg(batch.pid, signal.SIGKILL)
+
+    out = sh([str(BIN / "tierhpo"), "batch", "--tier", "a50"], tiny.repo, tiny.env)
+    assert "[batch 1/" in out and "budget 1/2" in out
+    for study in studies(tiny.env):
+        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        assert len(complete) == 4, study.study_name
+    assert not running_runs(tiny.env)
+    assert "up to date" in sh(["dvc", "status"], tiny.repo, tiny.env)
+
+
+def test_tagged_result_is_recomputed_exactly_from_scratch(tiny):
+    repo, env = tiny.repo, tiny.env
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "tiny results")
+    git(repo, "tag", "tiny-v1")
+    tagged = dvc_metrics(repo, env)
+
+    set_params(repo, report={"seed": 1})
+    sh(["dvc", "repro"], repo, env)
+    assert dvc_metrics(repo, env) != tagged, "changing a param should change some metric"
+    git(repo, "commit", "-qam", "another seed")
+
+    git(repo, "checkout", "-q", "tiny-v1")
+    shutil.rmtree(repo / ".dvc" / "cache" / "runs", ignore_errors=True)
+    fresh = make_env(tiny.root / "fresh-stores")
+    sh(["dvc", "repro", "--force"], repo, fresh)  # recomputes every stage; nothing restored from cache
+    assert dvc_metrics(repo, fresh) == tagged
