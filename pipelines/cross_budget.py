@@ -242,8 +242,6 @@ def _mlflow_trial_seconds(study: Study) -> float | None:
 
 
 def format_plan(cells: list[Cell], tier: str, horizon: int) -> str:
-    from training.budget import format_budget
-
     lines = [f"cross-budget plan for {tier} h{horizon}: rows = whose hyperparameters, columns = trained at budget"]
     total_runs, total_seconds, unknown = 0, 0.0, False
     for c in cells:
@@ -253,7 +251,7 @@ def format_plan(cells: list[Cell], tier: str, horizon: int) -> str:
             continue
         m = c.model_config
         shape = (f"d_model={m.d_model} n_layers={m.n_layers} n_heads={m.n_heads} d_ff={m.d_ff} patch_len={m.patch_len} "
-                 f"params={format_budget(c.n_params)} ({c.n_params:,})")
+                 f"params={c.n_params:,}")
         runs = len(c.to_train)
         total_runs += runs
         if c.est_seconds_per_run is None:
