@@ -490,7 +490,8 @@ def main(
     horizon: int = typer.Option(..., help="Prediction horizon in days."),
     budgets: str = typer.Option(None, help="Comma-separated budgets (default: cross_budget.budgets, else hpo.budgets)."),
     seeds: int = typer.Option(None, help="Seeds per cell (default: cross_budget.seeds)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and estimated cost; train and write nothing."),
+    dry_run: bool = typer.Option(False, "--dry-run", envvar="TIERHPO_DRY_RUN",
+                                 help="Print the plan and estimated cost; train and write nothing."),
 ) -> None:
     """Retrain each budget's best hyperparameters at every other budget and judge whether they transfer."""
     from training.dataset import check_tier

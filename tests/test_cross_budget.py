@@ -69,6 +69,11 @@ def test_dry_run_prints_the_plan_and_trains_and_writes_nothing(studies, monkeypa
     assert "total: 4 training runs" in out
     assert paths.cross_budget_dir(TIER, HORIZON).exists() == outputs_before
     assert len(all_runs()) == runs_before
+    # The MLproject entry point passes the flag as an environment variable (`-P dry_run=true`).
+    monkeypatch.setenv("TIERHPO_DRY_RUN", "true")
+    again = CliRunner().invoke(cb.app, ["--tier", TIER, "--horizon", str(HORIZON)])
+    assert again.exit_code == 0 and again.output == out
+    assert paths.cross_budget_dir(TIER, HORIZON).exists() == outputs_before
 
 
 def test_matrix_verdicts_outputs_and_mlflow_run(studies):
