@@ -115,3 +115,10 @@ def test_model_params_apply_searched_values():
         params.solve("200K", 55, 32, lr=0.1)
     with pytest.raises(TierHpoError, match="budget_tolerance"):
         ModelParams(budget_tolerance=0.5)
+
+
+def test_architecture_of_a_solved_config_resolves_to_it():
+    arch = Architecture(n_layers=3, n_heads=4, d_ff_ratio=2.0, patch_len=8, norm="revin", pooling="mean")
+    cfg = solve(arch, "200K", 55, 32)
+    assert Architecture.of(cfg, d_ff_ratio=2.0) == arch
+    assert solve(Architecture.of(cfg, 2.0), "200K", 55, 32) == cfg

@@ -73,6 +73,15 @@ class Architecture:
         if not self.d_ff_ratio > 0:
             raise TierHpoError(f"architecture d_ff_ratio must be > 0, got {self.d_ff_ratio}")
 
+    @classmethod
+    def of(cls, cfg: ModelConfig, d_ff_ratio: float | None = None) -> Architecture:
+        """The structure of a solved config (to re-solve it at another budget); every structural
+        field is kept. ``d_ff_ratio`` defaults to ``cfg.d_ff / cfg.d_model``; pass the sampled one."""
+        return cls(n_layers=cfg.n_layers, n_heads=cfg.n_heads,
+                   d_ff_ratio=d_ff_ratio if d_ff_ratio is not None else cfg.d_ff / cfg.d_model,
+                   patch_len=cfg.patch_len, stride=cfg.stride, channel_independent=cfg.channel_independent,
+                   norm=cfg.norm, pooling=cfg.pooling)
+
 
 def model_config(
     arch: Architecture, d_model: int, n_features: int, context_len: int, dropout: float = 0.1
