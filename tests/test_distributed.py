@@ -271,6 +271,9 @@ def test_two_workers_fill_one_study_exactly_with_one_parent_run(pg_database, mlf
     assert sorted(t.user_attrs["forced_index"] for t in forced) == [0, 1, 2, 3]
     engine = build_engine(spec)
     assert sorted(map(str, (t.params for t in forced))) == sorted(map(str, engine.forced))
+    # coverage lives in the storage: the summary made by the parent process counts both workers' trials
+    coverage = engine.tracker.from_trials(study.get_trials())
+    assert coverage.n_points == 8 and result.metrics["hpo/coverage"] == pytest.approx(coverage.overall)
 
     client = MlflowClient(mlflow_server_url)
     parent_id = study.user_attrs[PARENT_ATTR]
