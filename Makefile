@@ -22,7 +22,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 env: $(STAMP) ## Create/update the virtual environment (.venv) from constraints.txt
 
-repro: env ## Run the main job: restore or rebuild data/raw, then dvc repro
+repro: env ## Run the main job: restore or rebuild data/raw, then dvc repro (PROFILE=gpu: the GPU profile)
+ifdef PROFILE
+	cp profiles/$(PROFILE).yaml params.yaml
+endif
 	$(BIN)/tierhpo ingest --ensure
 	$(BIN)/dvc repro
 
