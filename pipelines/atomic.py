@@ -48,10 +48,10 @@ def write_text(target: str | os.PathLike, text: str) -> Path:
 
 
 def write_json(target: str | os.PathLike, obj: Any) -> Path:
-    return write_text(target, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    return write_text(target, json.dumps(obj, indent=2, sort_keys=True, default=json_default) + "\n")
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
     # numpy scalars and paths show up in metrics dicts; keep JSON plain.
     if hasattr(value, "item"):
         return value.item()

@@ -179,10 +179,7 @@ def architecture_of(study: Study):
     """The searched structure of the study's best model (what is kept when the budget changes)."""
     from training.budget import Architecture
 
-    cfg = study.model_config()
-    ratio = study.best["params"].get("d_ff_ratio", cfg.d_ff / cfg.d_model)
-    return Architecture(n_layers=cfg.n_layers, n_heads=cfg.n_heads, d_ff_ratio=float(ratio), patch_len=cfg.patch_len,
-                        stride=cfg.stride, channel_independent=cfg.channel_independent, norm=cfg.norm)
+    return Architecture.of(study.model_config(), study.best["params"].get("d_ff_ratio"))
 
 
 def plan(studies: dict[str, Study], cfg: CrossBudgetConfig, rules: dict[str, Any]) -> list[Cell]:

@@ -871,18 +871,10 @@ def build_report(tier: str, cfg: ReportParams, out_dir: Path,
     report = {"tier": tier, "params": config.to_dict(cfg), "horizons": horizons, **provenance.run_tags()}
     report["headline"] = headline(report)
     (out_dir / "summary.md").write_text(render_markdown(report))
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=_json_default) + "\n")
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=atomic.json_default) + "\n")
     (out_dir / "metrics.json").write_text(json.dumps(report["headline"], indent=2, sort_keys=True,
-                                                     default=_json_default) + "\n")
+                                                     default=atomic.json_default) + "\n")
     return report
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def _experiment_id(tier: str) -> str | None:
