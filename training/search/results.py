@@ -212,6 +212,15 @@ def _quiet_downloads():
             os.environ[key] = old
 
 
+# Wall-clock figures differ between two identical runs. They go to the MLflow parent run only, never
+# to the DVC metrics file, so a tag and its from-scratch reproduction have identical `dvc metrics`.
+WALL_CLOCK = ("hpo/trial_seconds", "hpo/tracking_overhead")
+
+
+def dvc_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if k not in WALL_CLOCK}
+
+
 def write_outputs(result: StudyResult, out_dir: Path) -> dict[str, Path]:
     """Write the four outputs, each atomically; ``best.json`` last, so it never points at stale files."""
     import pandas as pd
@@ -229,6 +238,6 @@ def write_outputs(result: StudyResult, out_dir: Path) -> dict[str, Path]:
         torch.load(local, weights_only=True, map_location="cpu")  # refuse anything but plain tensors
         atomic.write_with(out_dir / "model.pt", lambda p: shutil.copyfile(local, p))
     atomic.write_with(out_dir / "trials.csv", lambda p: pd.DataFrame(result.rows).to_csv(p, index=False))
-    atomic.write_json(out_dir / "metrics.json", result.metrics)
+    atomic.write_json(out_dir / "metrics.json", dvc_metrics(result.metrics))
     atomic.write_json(out_dir / "best.json", result.best)
     return {name: out_dir / name for name in ("best.json", "model.pt", "metrics.json", "trials.csv")}
