@@ -501,6 +501,8 @@ def run_worker(spec: StudySpec, data: TierData, n_trials: int, storage_url: str 
                         _void(study, trial)
                     report.n_void += 1
                     continue
+                if echo is not None:  # the batch's progress: how many trials of how many
+                    echo(f"{study.study_name}: {complete}/{n_trials} trials complete, starting trial {trial.number}")
                 with heartbeat(storage, trial):
                     report.outcomes.append(runner.run(trial, echo))
         status = "FINISHED"
