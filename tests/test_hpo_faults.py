@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 import training.search.objective as objective_module
+from pipelines.errors import TierHpoError
 from training.search import waste
 from training.search.config import PrunerConfig
 from training.search.study import run_study
@@ -126,3 +127,19 @@ def test_pruned_trials_are_killed_runs_and_late_ones_count_as_wasted():
     assert statuses["2"] == statuses["3"] == "KILLED"
     assert result.metrics["hpo/wasted/late_pruned"] == pytest.approx(1 / 5)
     assert result.metrics["hpo/n_pruned"] == 2
+
+
+def test_a_broken_setup_stops_after_consecutive_failures(monkeypatch):
+    def broken_train(*args, **kwargs):
+        raise ValueError("features are all NaN")
+
+    monkeypatch.setattr(objective_module, "train", broken_train)
+    data = tiny_data()
+    spec = tiny_spec(data, forced=0)
+    with pytest.raises(TierHpoError, match=r"last 2 trials of study .* all failed .*ValueError: features are all NaN"):
+        run_study(spec, data, 3, settings=dataclasses.replace(settings(), max_consecutive_failures=2), plots=False)
+    study = optuna.load_study(study_name=spec.study_name, storage=default_storage())
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.FAIL]
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("tierhpo-a20").experiment_id
+    assert not client.search_runs([experiment], "attributes.status = 'RUNNING'")

@@ -169,6 +169,9 @@ class WorkerSettings:
     progress: bool = False  # the trainer's tqdm bars
     checkpoints: bool = True  # upload a trial's weights to MLflow when it becomes the best
     tracking_uri: str | None = None
+    # Stop (one-line error) after this many trials in a row failed in this worker: a broken setup
+    # (bad data, a trainer bug) must not spin out FAIL trials forever, since they never count as COMPLETE.
+    max_consecutive_failures: int = 5
 
 
 @dataclass
@@ -504,7 +507,9 @@ def run_worker(spec: StudySpec, data: TierData, n_trials: int, storage_url: str 
                 if echo is not None:  # the batch's progress: how many trials of how many
                     echo(f"{study.study_name}: {complete}/{n_trials} trials complete, starting trial {trial.number}")
                 with heartbeat(storage, trial):
-                    report.outcomes.append(runner.run(trial, echo))
+                    outcome = runner.run(trial, echo)
+                report.outcomes.append(outcome)
+                _check_failure_streak(report.outcomes, settings.max_consecutive_failures, study.study_name)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -518,6 +523,17 @@ def run_worker(spec: StudySpec, data: TierData, n_trials: int, storage_url: str 
         report.storage_s = runner.storage_timer.seconds
         report.sampling_s = runner.sampling_timer.seconds
     return report
+
+
+def _check_failure_streak(outcomes: list[TrialOutcome], limit: int, study_name: str) -> None:
+    streak = 0
+    for outcome in reversed(outcomes):
+        if outcome.state != TrialState.FAIL or outcome.wasted == waste.INFEASIBLE:
+            break
+        streak += 1
+    if limit and streak >= limit:
+        raise TierHpoError(f"the last {streak} trials of study {study_name} all failed (last: "
+                           f"{outcomes[-1].message.strip()}); fix the cause, then run the same command to resume")
 
 
 def _hpo_view(data: TierData) -> TierData:
