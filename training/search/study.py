@@ -26,6 +26,7 @@ missing trials. Crash safety: RDB storage with heartbeats; a stale trial is fail
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import datetime
 import hashlib
@@ -251,9 +252,13 @@ class StaleTrialHandler:
         self.tracking: StudyTracking | None = None
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        # The retry inherits what says what to run (phase, forced index), not who ran it: a copied
+        # owner or run id would make the retry look like the dead trial to the next check.
+        clean = copy.deepcopy(trial)
+        clean.user_attrs = {k: v for k, v in trial.user_attrs.items() if k in ("phase", "forced_index")}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)
-            self.retry(study, trial)
+            self.retry(study, clean)
         log.warning("trial %d of %s: %s; marked FAIL and re-queued", trial.number, study.study_name, waste.DIED)
         run_id = trial.user_attrs.get(RUN_ATTR)
         if run_id and self.tracking is not None:
