@@ -13,6 +13,14 @@ from typing import Any
 from pipelines import paths
 
 
+def threads() -> int:
+    """Torch threads for the timed runs: ``TIERHPO_BENCH_THREADS``, else every core. On a shared,
+    busy machine one thread per process gives far steadier ratios than OpenMP threads that
+    wait on each other."""
+    value = os.environ.get("TIERHPO_BENCH_THREADS")
+    return int(value) if value else (os.cpu_count() or 1)
+
+
 def data_spec(tier: str = "a50", horizon: int = 1) -> dict[str, Any]:
     """The real tier when ``tierhpo tiers`` has built it, else a synthetic tier of the same shape."""
     from training.dataset import load_data_config

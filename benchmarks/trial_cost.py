@@ -8,10 +8,10 @@ which bounds what a study can cost. This is the input for sizing the CPU profile
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from benchmarks._common import data_spec, describe_data, in_child, load_data, machine
+from benchmarks._common import threads as bench_threads
 
 NAME = "trial_cost"
 TITLE = "Seconds per HPO trial at the CPU budgets"
@@ -58,7 +58,7 @@ def run(quick: bool = False) -> str:
     from pipelines import config
     from training.budget import parse_budget
 
-    threads = os.cpu_count() or 1
+    threads = bench_threads()
     spec = data_spec()
     data = load_data(spec)
     params = config.load_params()
