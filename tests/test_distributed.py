@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import multiprocessing.forkserver
 import os
 import signal
 import threading
@@ -19,6 +20,7 @@ from pg_fixtures import database_exists, database_url, free_port, set_connection
 
 from pipelines.errors import TierHpoError
 from training.search import storage_checks as sc
+from training.search import workers as workers_module
 from training.search.config import PrunerConfig, StorageConfig
 from training.search.coverage import CoverageConfig
 from training.search.space import ParamConfig, SearchSpace
@@ -390,9 +392,15 @@ def _cut_storage_after(url: str, spec: StudySpec, n_complete: int, seen: dict, s
 
 @pytest.mark.postgres
 @pytest.mark.slow
-def test_workers_ride_out_a_database_outage_with_backoff(pg_database, isolated_stores):
+def test_workers_ride_out_a_database_outage_with_backoff(pg_database, isolated_stores, monkeypatch):
     data = tiny_data()
     spec = tiny_spec(data, forced=2)
+    # The workers' forkserver keeps the environment it started with; start it (if no earlier test
+    # did) with a tracking URI that is NOT this test's: workers must still log where we point now.
+    with monkeypatch.context() as env:
+        env.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9/nowhere")
+        workers_module._context()
+        multiprocessing.forkserver.ensure_running()
     seen: dict = {}
     stop = threading.Event()
     cutter = threading.Thread(target=_cut_storage_after, args=(pg_database, spec, 2, seen, stop, 6.0), daemon=True)
@@ -411,8 +419,10 @@ def test_workers_ride_out_a_database_outage_with_backoff(pg_database, isolated_s
     for number, value in seen["complete"].items():
         assert by_number[number].state == TrialState.COMPLETE and by_number[number].value == value
     assert all(t.datetime_complete is not None for t in complete)
-    client = MlflowClient()
+    client = MlflowClient()  # this test's store, from MLFLOW_TRACKING_URI
     assert not running_runs(client, study.user_attrs[PARENT_ATTR])
+    finished = [r for r in trial_runs(client, study.user_attrs[PARENT_ATTR]) if r.info.status == "FINISHED"]
+    assert sorted(r.info.run_id for r in finished) == sorted(t.user_attrs[RUN_ATTR] for t in complete)
 
 
 @pytest.mark.postgres

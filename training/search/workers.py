@@ -239,9 +239,14 @@ def run_worker_resilient(spec: StudySpec, data: TierData, n_trials: int, url: st
 # ---------------------------------------------------------------------- the worker process
 
 
-def _worker_main(plan: WorkerPlan, payload: bytes, conn: Connection) -> None:
-    """Entry point of one worker process: pin threads, then unpickle the work and run it."""
+def _worker_main(plan: WorkerPlan, env: dict[str, str], payload: bytes, conn: Connection) -> None:
+    """Entry point of one worker process: take the caller's environment, pin threads, then
+    unpickle the work and run it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into one SIGTERM per worker
+    # The forkserver kept the environment of the moment it started; the caller's may have changed
+    # since (MLFLOW_TRACKING_URI, PGPASSWORD, TIERHPO_* in a notebook or a test session).
+    os.environ.clear()
+    os.environ.update(env)
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # no "View run" line per run
     pin_process(plan)
     prefix = f"[worker {plan.index}]"
@@ -423,7 +428,7 @@ def spawn_workers(spec: StudySpec, data: TierData | Callable[[], TierData], n_tr
         with _sigterm_as_interrupt():
             for plan in plans:
                 reader, writer = ctx.Pipe(duplex=False)
-                proc = ctx.Process(target=_worker_main, args=(plan, payload, writer),
+                proc = ctx.Process(target=_worker_main, args=(plan, dict(os.environ), payload, writer),
                                    name=f"tierhpo-worker-{plan.index}")
                 proc.start()
                 writer.close()  # the child holds the only write end: EOF here when it dies
