@@ -285,15 +285,17 @@ def summary_document(study: Study, ev: Evaluation, baselines: dict[str, Any], re
 
 
 def metrics_document(summary: dict[str, Any]) -> dict[str, Any]:
-    """Numbers only, for ``dvc metrics show``/``diff``."""
+    """Numbers only, for ``dvc metrics show``/``diff``: results of the model, not registry state.
+
+    The version number and the alias depend on what the registry held before this run, so a
+    tag's from-scratch reproduction in fresh stores would differ; they stay in ``summary.json``.
+    """
     cal, raw, ci = summary["test"]["calibrated"], summary["test"]["uncalibrated"], summary["test"]["auc_ci"]
     out = {"val/auc": summary["val"]["val/auc"], "test/auc": raw["test/auc"], "test/auc_lo": ci["lo"],
            "test/auc_hi": ci["hi"]}
     for name in ("brier", "log_loss", "ece", "log_loss_skill"):
         out[f"test/{name}"] = cal[f"test/{name}"]
         out[f"test/{name}_uncalibrated"] = raw[f"test/{name}"]
-    out["registered_version"] = summary["registry"]["version"]
-    out["champion"] = int(summary["registry"]["alias"] == CHAMPION)
     return out
 
 

@@ -1,9 +1,10 @@
 """The whole product on the tiny profile, in a throwaway git copy of the repo with its own stores.
 
-The four ways users drive it: ``mlflow run . -P tier=a50`` (which runs the tier batch, i.e.
-``dvc repro`` of the tier's stages), a second ``dvc repro`` that does nothing, the batch
-resuming after a SIGKILL, and reproducing a tagged result from scratch. The steps share one
-repository copy because each costs a pipeline run; they are written to run in file order.
+The ways users drive it: ``mlflow run . -P tier=a50`` (which runs the tier batch, i.e.
+``dvc repro`` of the tier's stages), a second ``dvc repro`` that does nothing, reproducing a
+tagged result from scratch, and the batch resuming after a SIGKILL. The steps share one
+repository copy because each costs a pipeline run; they are written to run in file order (the
+tag is taken before the kill, whose failed trial is part of the study's history).
 """
 
 from __future__ import annotations
@@ -119,7 +120,27 @@ def test_second_dvc_repro_does_nothing(tiny):
     assert "Running stage" not in out, out
 
 
+def test_tagged_result_is_recomputed_exactly_from_scratch(tiny):
+    repo, env = tiny.repo, tiny.env
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "tiny results")
+    git(repo, "tag", "tiny-v1")
+    tagged = dvc_metrics(repo, env)
+
+    set_params(repo, report={"seed": 1})
+    sh(["dvc", "repro"], repo, env)
+    assert dvc_metrics(repo, env) != tagged, "changing a param should change some metric"
+    git(repo, "commit", "-qam", "another seed")
+
+    git(repo, "checkout", "-q", "tiny-v1")
+    shutil.rmtree(repo / ".dvc" / "cache" / "runs", ignore_errors=True)
+    fresh = make_env(tiny.root / "fresh-stores")
+    sh(["dvc", "repro", "--force"], repo, fresh)  # recomputes every stage; nothing restored from cache
+    assert dvc_metrics(repo, fresh) == tagged
+
+
 def test_batch_resumes_after_sigkill(tiny):
+    git(tiny.repo, "checkout", "-qf", "main")  # back from the tag; DVC re-runs what the checkout made stale
     set_params(tiny.repo, hpo={"trials": 4})  # the study name excludes the trial count: it resumes
     batch = subprocess.Popen([str(BIN / "tierhpo"), "batch", "--tier", "a50"], cwd=tiny.repo, env=tiny.env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -144,22 +165,3 @@ def test_batch_resumes_after_sigkill(tiny):
         assert len(complete) == 4, study.study_name
     assert not running_runs(tiny.env)
     assert "up to date" in sh(["dvc", "status"], tiny.repo, tiny.env)
-
-
-def test_tagged_result_is_recomputed_exactly_from_scratch(tiny):
-    repo, env = tiny.repo, tiny.env
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "tiny results")
-    git(repo, "tag", "tiny-v1")
-    tagged = dvc_metrics(repo, env)
-
-    set_params(repo, report={"seed": 1})
-    sh(["dvc", "repro"], repo, env)
-    assert dvc_metrics(repo, env) != tagged, "changing a param should change some metric"
-    git(repo, "commit", "-qam", "another seed")
-
-    git(repo, "checkout", "-q", "tiny-v1")
-    shutil.rmtree(repo / ".dvc" / "cache" / "runs", ignore_errors=True)
-    fresh = make_env(tiny.root / "fresh-stores")
-    sh(["dvc", "repro", "--force"], repo, fresh)  # recomputes every stage; nothing restored from cache
-    assert dvc_metrics(repo, fresh) == tagged
