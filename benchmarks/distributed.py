@@ -175,7 +175,7 @@ def measure(quick: bool) -> dict[str, Any]:
     spec = _common.data_spec("a50")
     data = _common.load_data(spec)
     cores = len(_available_cpus())
-    rounds, trials, overhead_trials, epochs = (1, 4, 3, 1) if quick else (2, 8, 6, 2)
+    rounds, trials, overhead_trials, epochs = (1, 4, 3, 1) if quick else (2, 6, 6, 2)
     out: dict[str, Any] = {"machine": _common.machine(), "data": _common.describe_data(spec, data),
                            "cores": cores, "rounds": rounds, "trials": trials, "epochs": epochs,
                            "postgres": reason is None, "postgres_reason": reason,

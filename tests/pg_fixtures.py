@@ -35,7 +35,7 @@ from sqlalchemy.engine import make_url
 ADMIN_URL = os.environ.get("TIERHPO_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 DB_PREFIX = "tierhpo_t_"
 SERVER_START_TIMEOUT_S = 90.0
-SERVER_STOP_TIMEOUT_S = 15.0
+SERVER_STOP_TIMEOUT_S = 5.0  # its state is in PostgreSQL: a SIGKILL after this loses nothing
 
 
 def _admin_connection(url: str = ADMIN_URL):
@@ -177,6 +177,16 @@ def mlflow_server(backend_url: str, artifacts: Path, log: Path | None = None) ->
         yield url
     finally:
         _stop(proc)
+
+
+def hold_study_lock(url: str, name: str, ready, release) -> None:
+    """Child-process target for the lock tests (here, not in the test module, so that a spawned
+    child imports only this light module)."""
+    from training.search.storage_checks import study_lock
+
+    with study_lock(url, name):
+        ready.set()
+        release.wait(60)  # the test SIGKILLs this process while it holds the lock
 
 
 @pytest.fixture(scope="session")

@@ -163,19 +163,13 @@ def test_study_with_a_different_search_space_is_refused(pg_database):
     assert optuna.study.get_all_study_names(storage) == ["s"]
 
 
-def _hold_lock(url: str, name: str, ready, release) -> None:
-    with sc.study_lock(url, name):
-        ready.set()
-        release.wait(60)  # never set: the test SIGKILLs this process while it holds the lock
-
-
 @pytest.mark.postgres
 @pytest.mark.parametrize("backend", ["postgres", "sqlite"])
 def test_study_lock_is_exclusive_and_dies_with_its_holder(backend, pg_database, tmp_path):
     url = pg_database if backend == "postgres" else f"sqlite:///{tmp_path / 'optuna.db'}"
     ctx = mp.get_context("spawn")
     ready, release = ctx.Event(), ctx.Event()
-    holder = ctx.Process(target=_hold_lock, args=(url, "s", ready, release))
+    holder = ctx.Process(target=pg_fixtures.hold_study_lock, args=(url, "s", ready, release))
     holder.start()
     try:
         assert ready.wait(30)
