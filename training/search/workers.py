@@ -253,7 +253,7 @@ def _worker_main(plan: WorkerPlan, env: dict[str, str], payload: bytes, conn: Co
     logging.basicConfig(level=logging.WARNING, format=f"{prefix} %(levelname)s %(name)s: %(message)s")
 
     def echo(line: str) -> None:
-        print(f"{prefix} {line}", flush=True)
+        print(f"{prefix} {line}", file=sys.stderr, flush=True)  # progress goes to stderr, as in the CLI
 
     code, message, reports, lock = EXIT_BUG, "", [], None
     try:
@@ -483,7 +483,7 @@ def run_workers(spec: StudySpec, data: TierData | Callable[[], TierData], n_tria
     from training.search.results import finalize_study
     from training.search.study import WorkerSettings, open_study, reconcile_runs
 
-    echo = echo or (lambda line: print(line, flush=True))
+    echo = echo or (lambda line: print(line, file=sys.stderr, flush=True))
     settings = settings or WorkerSettings()
     backoff = backoff or Backoff()
     if n_trials < 1:
