@@ -115,7 +115,7 @@ class _PruneTrialsConfig(PrunerConfig):
 
 def test_pruned_trials_are_killed_runs_and_late_ones_count_as_wasted():
     data = tiny_data()
-    spec = tiny_spec(data, forced=2, pruner=_PruneTrialsConfig(kind="median", until_fraction=1.0),
+    spec = tiny_spec(data, forced=2, pruner=_PruneTrialsConfig(kind="median", n_warmup_steps=0, until_fraction=1.0),
                      train=TrainConfig(max_epochs=3, patience=3, progress=False))
     result = run_study(spec, data, 3, settings=settings(), plots=False)
     study = optuna.load_study(study_name=spec.study_name, storage=default_storage())

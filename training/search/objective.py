@@ -176,9 +176,7 @@ class TrialRunner:
             info["retry_of"] = me.system_attrs.get("failed_trial")
             with self.sampling_timer():
                 params = {p.name: p.suggest(trial) for p in self.engine.space.params}
-            phase = self._phase(trial)
-            with self.storage_timer():
-                trial.set_user_attr("phase", phase)
+            phase = self._phase(trial)  # written with the final attrs (one write fewer per trial)
 
             dup = self._duplicate_of(params, trials, n)
             if dup is not None:
@@ -215,10 +213,13 @@ class TrialRunner:
                 auc = report.metrics.get("val/auc", math.nan)
                 prune = False
                 if self.pruning and report.epoch <= self.spec.pruner.until_fraction * train_cfg.max_epochs:
+                    # Storage round trips only where they matter: values the pruner compares, and
+                    # the question only once it may answer yes (after the median's warm-up).
                     with self.storage_timer():
                         if math.isfinite(auc):
                             trial.report(auc, report.epoch)
-                        prune = trial.should_prune()
+                        if self.spec.pruner.kind != "median" or report.epoch > self.spec.pruner.n_warmup_steps:
+                            prune = trial.should_prune()
                 callback_seconds[0] += time.perf_counter() - t0
                 if prune:
                     raise optuna.TrialPruned(f"pruned at epoch {report.epoch} (val/auc {auc:.4f})")
@@ -316,11 +317,12 @@ class TrialRunner:
             "total_s": time.perf_counter() - started,
             "tracking_s": self.tracking.timer.seconds - tracking_before,
         })
-        with self.storage_timer():  # three trial writes at the end: wasted reason, val metrics, the rest
+        with self.storage_timer():  # four trial writes at the end: phase, wasted reason, val metrics, the rest
+            if trial.user_attrs.get("phase") != phase:
+                trial.set_user_attr("phase", phase)
             trial.set_user_attr("wasted", wasted)
             trial.set_user_attr("metrics", metrics)
             trial.set_user_attr("info", info)
-            self.study.set_user_attr("coverage", coverage.to_json())
             if state == TrialState.COMPLETE:
                 self.study.tell(trial, value)
             else:

@@ -154,6 +154,7 @@ def finalize_study(handle: Any, n_trials: int, *, plots: bool = True, status: st
     trials = study.get_trials(deepcopy=False)
     best = select_best(trials)
     coverage = handle.engine.tracker.from_trials(trials)
+    study.set_user_attr("coverage", coverage.to_json())  # a record; the source of truth is the trials
     metrics = study_metrics(trials, n_trials, best, coverage.overall)
     with tempfile.TemporaryDirectory() as tmp:
         pngs, importances = _plots(study, Path(tmp)) if plots else ({}, {})
