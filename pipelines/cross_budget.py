@@ -446,11 +446,10 @@ def run_cross_budget(tier: str, horizon: int, budgets: list[str], cfg: CrossBudg
     studies = {b: read_study(tier, b, horizon) for b in budgets}
     cells = plan(studies, cfg, solver_rules())
     client = mlflow.MlflowClient(paths.mlflow_tracking_uri())
-    mlflow.set_tracking_uri(paths.mlflow_tracking_uri())
     run = create_stage_run(client, studies[budgets[0]].best["experiment_id"], STAGE, STAGE,
                            {"tier": tier, "horizon": str(horizon), "budgets": ",".join(budgets)})
     experiment_id = run.info.experiment_id
-    with mlflow.start_run(run_id=run.info.run_id):
+    with paths.mlflow_fluent_tracking(), mlflow.start_run(run_id=run.info.run_id):
         mlflow.log_params({"seeds": cfg.seeds, "noise_z": cfg.noise_z, "min_noise": cfg.min_noise,
                            "budgets": ",".join(budgets)})
 

@@ -13,7 +13,9 @@ Environment overrides:
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 _EXP_TEMP = os.sep + os.path.join(".dvc", "tmp", "exps") + os.sep
@@ -47,6 +49,22 @@ def store_dir() -> Path:
 
 def mlflow_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store_dir() / 'mlflow.db'}"
+
+
+@contextlib.contextmanager
+def mlflow_fluent_tracking() -> Iterator[str]:
+    """Point MLflow's fluent API (``mlflow.start_run``, ``log_model``) at this project's store, then put it back.
+
+    ``mlflow.set_tracking_uri`` is process-global and also exports MLFLOW_TRACKING_URI, so a stage run
+    in-process (``tierhpo batch``, a notebook, the tests) would otherwise leave every later client on
+    this store. MLflow's ``_use_tracking_uri`` restores the caller's setting; it is private, so it is
+    used here only, behind this one wrapper.
+    """
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    uri = mlflow_tracking_uri()
+    with _use_tracking_uri(uri):
+        yield uri
 
 
 def mlflow_artifact_root() -> str:

@@ -317,14 +317,14 @@ def promote_budget(study: Study, data: Any, cfg: PromoteConfig, rules: dict[str,
     """Evaluate and register one budget, write its outputs into ``out`` and log them to a ``promote-{budget}`` run."""
     import mlflow
 
-    mlflow.set_tracking_uri(paths.mlflow_tracking_uri())
     client = mlflow.MlflowClient(paths.mlflow_tracking_uri())
     ev = evaluate(study, data, cfg, rules)
     run = create_stage_run(client, study.best["experiment_id"], STAGE, f"{STAGE}-{study.budget}", {
         "tier": study.tier, "horizon": str(study.horizon), "budget": study.budget,
         "study_name": study.best["study_name"], "trial_number": str(study.best["trial_number"]),
         "source_run_id": study.best["mlflow_run_id"]})
-    with mlflow.start_run(run_id=run.info.run_id), tempfile.TemporaryDirectory(prefix="tierhpo-model-") as staging:
+    with (paths.mlflow_fluent_tracking(), mlflow.start_run(run_id=run.info.run_id),
+          tempfile.TemporaryDirectory(prefix="tierhpo-model-") as staging):
         # The model first: MLflow 3 links every metric already in the run to a newly logged model,
         # one history query per metric.
         registry = register(study, ev, baselines, data, client, Path(staging))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,13 @@ def isolated_stores(tmp_path, monkeypatch):
     monkeypatch.setenv("TIERHPO_OPTUNA_STORAGE", f"sqlite:///{stores / 'optuna.db'}")
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-    return stores
+    yield stores
+    # A process-global tracking URI outlives this test's environment and silently sends every
+    # later test's fluent MLflow calls to this test's store; fail the test that leaked it.
+    tracking = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    if tracking is not None and tracking._tracking_uri is not None:
+        leaked, tracking._tracking_uri = tracking._tracking_uri, None
+        pytest.fail(f"the test left mlflow.set_tracking_uri({leaked!r}) behind; use paths.mlflow_fluent_tracking()")
 
 
 def make_ohlcv(n: int = 800, seed: int = 0, start: str = "2001-01-02") -> pd.DataFrame:
