@@ -87,9 +87,9 @@ def test_interrupt_closes_every_run_requeues_the_trial_and_resumes(monkeypatch):
     assert client.get_run(result.parent_run_id).info.status == "FINISHED"
 
 
-def test_parent_nests_under_an_outer_mlflow_run(monkeypatch):
+def test_parent_nests_under_an_outer_mlflow_run(monkeypatch, isolated_stores):
     client = MlflowClient()
-    outer_exp = client.create_experiment("outer")
+    outer_exp = client.create_experiment("outer", artifact_location=(isolated_stores / "outer").as_uri())
     outer = client.create_run(outer_exp, run_name="mlflow-run-entry-point")
     monkeypatch.setenv("MLFLOW_RUN_ID", outer.info.run_id)
     data = tiny_data()

@@ -129,10 +129,21 @@ def test_cli_resumes_after_sigkill(repo_copy, isolated_stores):
 
 
 WORKER = """
-import sys
+import os, sys, time
 sys.path.insert(0, {repo!r})
 import optuna
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+import training.search.objective as objective
+if os.environ.get("STALL_SECOND_TRIAL"):
+    # Tiny trials finish faster than a poll on an idle machine: hold the second one open
+    # (its MLflow run and heartbeat already live) until the test kills this process.
+    real_train, calls = objective.train, []
+    def stalled(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            time.sleep(600)
+        return real_train(*args, **kwargs)
+    objective.train = stalled
 from tests.hpo_tiny import settings, tiny_data, tiny_spec
 from training.search.study import run_study
 from training.trainer import TrainConfig
@@ -148,7 +159,7 @@ def test_heartbeat_fails_a_silent_worker_of_another_host(tmp_path, isolated_stor
     script = tmp_path / "worker.py"
     script.write_text(WORKER.format(repo=str(REPO), storage=storage))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, str(script)], env={**env, "STALL_SECOND_TRIAL": "1"}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
         before, killed = _wait_for(lambda: _mid_trial(storage), 600, "a trial mid-run", proc)
