@@ -383,24 +383,6 @@ def _stop(procs: list[mp.process.BaseProcess], timeout_s: float) -> None:
             p.join(5)
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
 _PRELOAD = ["training.search.study", "training.search.results", "training.search.workers"]
 
 
@@ -424,8 +406,10 @@ def spawn_workers(spec: StudySpec, data: TierData | Callable[[], TierData], n_tr
     procs: list[Any] = []
     exits: dict[int, WorkerExit] = {}
     pending: dict[Connection, tuple[WorkerPlan, Any]] = {}
+    from training.search.study import sigterm_as_interrupt  # lazy like the other engine imports
+
     try:
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             for plan in plans:
                 reader, writer = ctx.Pipe(duplex=False)
                 proc = ctx.Process(target=_worker_main, args=(plan, dict(os.environ), payload, writer),
