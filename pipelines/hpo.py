@@ -74,6 +74,13 @@ def main(
     seed: Annotated[int | None, typer.Option(help="Seed of the samplers and the trainer (default: hpo.seed).")] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads; 0 = all cores (default: hpo.threads).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="One line per trial, no progress bars.")] = False,
+    workers: Annotated[int, typer.Option(
+        help="Worker processes on this machine, each with cores // N threads (docs/distributed.md).")] = 1,
+    join: Annotated[bool, typer.Option(
+        "--join", help="Only join a study another machine started; stop if params or data differ.")] = False,
+    worker_offset: Annotated[int | None, typer.Option(
+        help="First worker index (seeds TPE); give each machine its own range. Default: 0, or a "
+             "per-host value with --join.")] = None,
 ) -> None:
     """Two-phase Optuna search (forced extremes, then coverage-aware TPE) for one study."""
     import optuna
@@ -86,14 +93,25 @@ def main(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if trials is not None and trials < 1:
         raise TierHpoError(f"--trials must be >= 1, got {trials}")
+    if workers < 1:
+        raise TierHpoError(f"--workers must be >= 1, got {workers}")
     spec, data, hpo = build_spec(tier, budget, horizon, forced=forced, seed=seed, trials=trials, threads=threads)
-    torch.set_num_threads(hpo.threads or os.cpu_count() or 1)
     storage_url = storage or paths.optuna_storage_url()
-    _echo(f"study {spec.study_name}: {hpo.trials} trials ({spec.forced} forced), storage {redact(storage_url)}, "
-          f"{torch.get_num_threads()} threads")
     settings = WorkerSettings(storage=hpo.storage, log_every_s=hpo.log_every_s,
-                              progress=spec.train.progress and not quiet)
-    result = run_study(spec, data, hpo.trials, storage_url, settings=settings, echo=_echo)
+                              progress=spec.train.progress and not quiet and workers == 1)
+    if workers > 1 or join:
+        from training.search.workers import describe, run_workers
+
+        offset = worker_offset if worker_offset is not None else (host_offset() if join else 0)
+        result = run_workers(spec, data, hpo.trials, storage_url, n_workers=workers, settings=settings, join=join,
+                             index_offset=offset, threads_per_worker=threads or None, echo=_echo)
+        for line in describe(result.report):
+            _echo(line)
+    else:
+        torch.set_num_threads(hpo.threads or os.cpu_count() or 1)
+        _echo(f"study {spec.study_name}: {hpo.trials} trials ({spec.forced} forced), storage {redact(storage_url)}, "
+              f"{torch.get_num_threads()} threads")
+        result = run_study(spec, data, hpo.trials, storage_url, settings=settings, echo=_echo)
     out = paths.study_dir(spec.tier, spec.budget, spec.horizon)
     write_outputs(result, out)
     m = result.metrics
@@ -102,6 +120,15 @@ def main(
           f"{m['hpo/n_failed']} failed; wasted {m['hpo/wasted_fraction']:.1%}; coverage {m['hpo/coverage']:.2f}")
     _echo(f"wrote {_relative(out)}/{{best.json,model.pt,metrics.json,trials.csv}}; "
           f"MLflow parent run {result.parent_run_id}")
+
+
+def host_offset() -> int:
+    """A first worker index of its own for each joining machine (TPE seeds on worker index), so two
+    machines do not propose the same points; stable across reruns on the same host."""
+    import socket
+    import zlib
+
+    return 1000 + zlib.crc32(socket.gethostname().encode()) % 100_000 * 16
 
 
 def _relative(path: Path) -> str:

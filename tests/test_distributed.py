@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import multiprocessing as mp
 import multiprocessing.forkserver
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
+import hpo_tiny
 import optuna
 import pg_fixtures
 import pytest
 import sqlalchemy
+import yaml
+from hpo_tiny import tiny_data
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from pg_fixtures import database_exists, database_url, free_port, set_connections_allowed
@@ -21,14 +28,11 @@ from pg_fixtures import database_exists, database_url, free_port, set_connection
 from pipelines.errors import TierHpoError
 from training.search import storage_checks as sc
 from training.search import workers as workers_module
-from training.search.config import PrunerConfig, StorageConfig
-from training.search.coverage import CoverageConfig
+from training.search.config import StorageConfig
 from training.search.space import ParamConfig, SearchSpace
 from training.search.study import StudySpec, WorkerSettings, build_engine, open_study
 from training.search.tracking import PARENT_ATTR, PARENT_TAG, RUN_ATTR, TRIAL_TAG
 from training.search.workers import Backoff, available_cpus, is_connection_loss, plan_workers, run_workers
-from training.synthetic import synthetic_tier
-from training.trainer import TrainConfig
 
 # Fixtures, used by parameter name.
 postgres_server = pg_fixtures.postgres_server
@@ -191,29 +195,12 @@ def test_study_lock_is_exclusive_and_dies_with_its_holder(backend, pg_database, 
 
 # ---------------------------------------------------------------- workers on a real study
 
-SPACE = SearchSpace.from_config({
-    "lr": ParamConfig("float", 1e-3, 1e-2, log=True),
-    "dropout": ParamConfig("float", 0.0, 0.2),
-    "n_layers": ParamConfig("int", 1, 2),
-    "n_heads": ParamConfig("categorical", choices=[1, 2]),
-    "batch_size": ParamConfig("categorical", choices=[64, 128]),
-})
 SECRET = "not-a-real-secret"  # trust auth ignores it; it must never show up anywhere
 
 
-def tiny_data():
-    return synthetic_tier(n_days=420, n_features=6, context_len=8, seed=1)
-
-
 def tiny_spec(data, **over) -> StudySpec:
-    base = dict(
-        tier="a20", budget="5K", horizon=1, space=SPACE, n_features=data.n_features, context_len=data.context_len,
-        data_version="synthetic-1", train=TrainConfig(max_epochs=2, patience=2, progress=False, eval_batch_size=512),
-        forced=4, coverage=CoverageConfig(bins=3, target=0.8, pairs=[["lr", "batch_size"]]),
-        pruner=PrunerConfig(kind="none"),
-    )
-    base.update(over)
-    return StudySpec(**base)
+    """The shared tiny study with 4 forced configs, so both workers race for forced trials."""
+    return hpo_tiny.tiny_spec(data, **{"forced": 4, **over})
 
 
 def settings(tracking_uri: str | None = None) -> WorkerSettings:
@@ -500,3 +487,47 @@ def test_joining_a_study_with_another_search_space_is_refused_and_creates_nothin
     assert optuna.study.get_all_study_names(storage) == [spec.study_name]
     assert not storage.get_all_trials(storage.get_study_id_from_name(spec.study_name),
                                       states=(TrialState.RUNNING, TrialState.COMPLETE))
+
+
+# ---------------------------------------------------------------- the CLI
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_cli_workers_fill_the_study_and_join_refuses_other_params(repo_copy, pg_database, isolated_stores):
+    """`tierhpo hpo --workers 2` on the real a20 tier fills a PostgreSQL study; `--join` from a
+    checkout with another search space stops with one line and changes nothing."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    params_file = repo_copy / "params.yaml"
+    params = yaml.safe_load(params_file.read_text())
+    params["train"].update(max_epochs=2, patience=2, progress=False)
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    for cmd in (["tierhpo", "ingest", "--ensure"], ["tierhpo", "tiers", "--tier", "a20"],
+                ["tierhpo", "validate", "--tier", "a20"]):
+        subprocess.run(cmd, cwd=repo_copy, env=env, check=True, capture_output=True, text=True)
+    url = with_password(pg_database)
+    command = ["tierhpo", "hpo", "--tier", "a20", "--budget", "20K", "--horizon", "1", "--trials", "4",
+               "--forced", "2", "--quiet", "--storage", url]
+
+    first = subprocess.run([*command, "--workers", "2"], cwd=repo_copy, env=env, capture_output=True, text=True,
+                           timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "2 worker(s) x 1 thread(s)" in first.stderr and "worker 1:" in first.stderr
+    assert SECRET not in first.stdout + first.stderr
+    storage = optuna.storages.RDBStorage(sc.normalize_storage_url(pg_database))
+    (name,) = optuna.study.get_all_study_names(storage)
+    study = optuna.load_study(study_name=name, storage=storage)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
+    best = json.loads((repo_copy / "results" / "hpo" / "a20" / "20K" / "h1" / "best.json").read_text())
+    assert best["study_name"] == name and best["value"] == study.best_value
+
+    again = subprocess.run([*command, "--join"], cwd=repo_copy, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]  # same params: joins, nothing left to run
+    assert len(study.get_trials()) == len(optuna.load_study(study_name=name, storage=storage).get_trials())
+
+    params["hpo"]["space"]["lr"]["low"] /= 10
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    other = subprocess.run([*command, "--join"], cwd=repo_copy, env=env, capture_output=True, text=True, timeout=600)
+    assert other.returncode != 0
+    (line,) = other.stderr.strip().splitlines()
+    assert f"study {name}" in line and "space (lr)" in line and SECRET not in line
+    assert optuna.study.get_all_study_names(storage) == [name]
