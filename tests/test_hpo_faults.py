@@ -7,6 +7,7 @@ import dataclasses
 
 import optuna
 import pytest
+import sqlalchemy
 from hpo_tiny import (  # noqa: F401  (fixtures are used by name)
     child_runs,
     default_storage,
@@ -25,6 +26,7 @@ from training.search import waste
 from training.search.config import PrunerConfig
 from training.search.study import run_study
 from training.search.tracking import PARENT_TAG
+from training.search.workers import Backoff, run_worker_resilient
 from training.trainer import TrainConfig
 from training.trainer import train as real_train
 
@@ -143,3 +145,50 @@ def test_a_broken_setup_stops_after_consecutive_failures(monkeypatch):
     client = MlflowClient()
     experiment = client.get_experiment_by_name("tierhpo-a20").experiment_id
     assert not client.search_runs([experiment], "attributes.status = 'RUNNING'")
+
+
+def test_a_complete_whose_reply_was_lost_still_ends_its_run_finished(monkeypatch):
+    """The database commits a trial's COMPLETE, then the connection drops before the reply (and stays
+    down for the engine's FAIL bookkeeping): the worker closes the run as FAILED and waits for the
+    storage. Once it is back the study is the record: the run is FINISHED with the trial's metrics."""
+    real_tell, real_set = optuna.Study.tell, optuna.trial.Trial.set_user_attr
+    lost: list[int] = []
+    down = {"writes": 0}
+
+    def connection_dropped():
+        return sqlalchemy.exc.OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
+
+    def tell(self, trial, values=None, state=None, skip_if_finished=False):
+        frozen = real_tell(self, trial, values, state=state, skip_if_finished=skip_if_finished)
+        if not lost and values is not None and frozen.number >= 1:
+            lost.append(frozen.number)
+            down["writes"] = 1
+            raise connection_dropped()
+        return frozen
+
+    def set_user_attr(self, key, value):
+        if down["writes"]:
+            down["writes"] -= 1
+            raise connection_dropped()
+        return real_set(self, key, value)
+
+    monkeypatch.setattr(optuna.Study, "tell", tell)
+    monkeypatch.setattr(optuna.trial.Trial, "set_user_attr", set_user_attr)
+    data = tiny_data()
+    spec = tiny_spec(data, forced=1)
+    lines: list[str] = []
+    run_worker_resilient(spec, data, 3, default_storage(), settings=settings(), worker_index=0,
+                         backoff=Backoff(tries=2, first_s=0.01, max_s=0.01), echo=lines.append)
+    assert lost and any("unavailable" in line for line in lines)  # the fault happened and was ridden out
+
+    study = optuna.load_study(study_name=spec.study_name, storage=default_storage())
+    complete = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+    assert len(complete) == 3 and lost[0] in {t.number for t in complete}
+    client = MlflowClient()
+    for t in complete:
+        run = client.get_run(t.user_attrs["mlflow_run_id"])
+        assert run.info.status == "FINISHED" and run.data.tags["state"] == "COMPLETE", t.number
+        assert run.data.metrics["objective"] == pytest.approx(t.value)
+        assert run.data.metrics["val/auc"] == pytest.approx(t.user_attrs["metrics"]["val/auc"])
+    reconciled = client.get_run(next(t for t in complete if t.number == lost[0]).user_attrs["mlflow_run_id"])
+    assert reconciled.data.tags["closed_by"] == "reconcile"

@@ -417,8 +417,8 @@ def open_study(spec: StudySpec, storage_url: str | None = None, settings: Worker
 
 
 def reconcile_runs(handle: StudyHandle) -> int:
-    """Close trial runs left RUNNING by a process that died after ``tell`` (or before writing its
-    run id): a RUNNING run whose trial is finished, or whose trial number is not running."""
+    """Make trial runs agree with the study: close runs left RUNNING by a process that died after
+    ``tell`` (or before writing its run id), and finish runs closed as FAILED whose trial is COMPLETE."""
     states = {t.number: t for t in handle.study.get_trials(deepcopy=False)}
     closed = 0
     for run in handle.tracking.running_trial_runs():
@@ -430,6 +430,20 @@ def reconcile_runs(handle: StudyHandle) -> int:
         status = "FINISHED" if trial is not None and trial.state == TrialState.COMPLETE and \
             trial.user_attrs.get(RUN_ATTR) == run.info.run_id else "KILLED"
         handle.tracking.close_run(run.info.run_id, status, {"state": state, "closed_by": "reconcile"})
+        closed += 1
+    # A worker that lost the storage while telling COMPLETE (the commit landed, the reply did not)
+    # closed its run as FAILED; the study is the record, so the run follows it.
+    for run in handle.tracking.trial_runs_with_status("FAILED", "KILLED"):
+        number = run.data.tags.get(TRIAL_TAG)
+        trial = states.get(int(number)) if number and number.isdigit() else None
+        if trial is None or trial.state != TrialState.COMPLETE or trial.user_attrs.get(RUN_ATTR) != run.info.run_id:
+            continue
+        info = trial.user_attrs.get("info") or {}
+        epochs = info["epochs"] if isinstance(info.get("epochs"), int) else 0
+        metrics = {**(trial.user_attrs.get("metrics") or {}), "objective": trial.value, "epochs": epochs}
+        handle.tracking.mark_finished(run.info.run_id, metrics, {
+            "state": "COMPLETE", "wasted_reason": trial.user_attrs.get("wasted") or "none", "closed_by": "reconcile"},
+            step=epochs)
         closed += 1
     return closed
 

@@ -203,16 +203,30 @@ class StudyTracking:
                 self._log_batch(run_id, tags=tags)
                 self.client.set_terminated(run_id, status)
 
+    def mark_finished(self, run_id: str, metrics: Mapping[str, float], tags: Mapping[str, str], step: int) -> None:
+        """Turn a trial run that was closed as FAILED/KILLED into FINISHED, with its final metrics
+        logged at ``step`` (its last epoch) like :meth:`TrialRun.end` does."""
+        with self.timer():
+            stamp = _now_ms()
+            self._log_batch(run_id, metrics=[Metric(k, v, stamp, step) for k, v in _finite(metrics).items()],
+                            tags=tags)
+            self.client.set_terminated(run_id, "FINISHED")
+
     def running_trial_runs(self) -> list[Any]:
         """Trial runs of this study still marked RUNNING."""
+        return self.trial_runs_with_status("RUNNING")
+
+    def trial_runs_with_status(self, *statuses: str) -> list[Any]:
+        """Trial runs of this study whose MLflow status is one of ``statuses`` (one query each:
+        MLflow's search has no IN for ``status``)."""
         if self.parent_run_id is None:
             return []
         with self.timer():
-            return self.client.search_runs(
+            return [run for status in statuses for run in self.client.search_runs(
                 [self.experiment_id],
-                filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}' and attributes.status = 'RUNNING'",
+                filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}' and attributes.status = '{status}'",
                 max_results=1000,
-            )
+            )]
 
     def _log_batch(self, run_id: str, metrics: Mapping[str, float] | list[Metric] | None = None,
                    params: Mapping[str, str] | None = None, tags: Mapping[str, str] | None = None) -> None:
@@ -243,11 +257,13 @@ class TrialRun:
         self.tracking, self.run_id, self.log_every_s = tracking, run_id, log_every_s
         self._pending: list[Metric] = []
         self._last_flush = time.monotonic()
+        self._last_step, self._last_stamp = 0, 0
         self.ended = False
 
     def log_epoch(self, step: int, metrics: Mapping[str, float]) -> None:
         with self.tracking.timer():
             stamp = _now_ms()
+            self._last_step, self._last_stamp = max(self._last_step, step), stamp
             self._pending += [Metric(k, float(v), stamp, step) for k, v in _finite(metrics).items()]
             if time.monotonic() - self._last_flush >= self.log_every_s:
                 self.flush()
@@ -278,8 +294,12 @@ class TrialRun:
             raise TierHpoError(f"unknown MLflow run status {status}")
         with self.tracking.timer():
             try:
-                stamp = _now_ms()
-                final = self._pending + [Metric(k, v, stamp, 0) for k, v in _finite(metrics or {}).items()]
+                # At the last epoch's step and a later time: MLflow shows the value of the highest
+                # (step, timestamp) as a run's metric, so the table and `metrics.val/auc > x` searches
+                # see the trial's best-epoch values (Optuna's), not the last epoch's.
+                stamp = max(_now_ms(), self._last_stamp + 1)
+                final = self._pending + [Metric(k, v, stamp, self._last_step)
+                                         for k, v in _finite(metrics or {}).items()]
                 self._pending = []
                 self.tracking._log_batch(self.run_id, metrics=final, tags=tags)
                 for name, obj in (dicts or {}).items():
