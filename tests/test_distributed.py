@@ -33,6 +33,7 @@ from training.search.space import ParamConfig, SearchSpace
 from training.search.study import StudySpec, WorkerSettings, build_engine, open_study
 from training.search.tracking import PARENT_ATTR, PARENT_TAG, RUN_ATTR, TRIAL_TAG
 from training.search.workers import Backoff, available_cpus, is_connection_loss, plan_workers, run_workers
+from training.trainer import TrainConfig
 
 # Fixtures, used by parameter name.
 postgres_server = pg_fixtures.postgres_server
@@ -276,7 +277,9 @@ def test_two_workers_fill_one_study_exactly_with_one_parent_run(pg_database, mlf
 
 
 def _kill_one_worker_mid_trial(url: str, spec: StudySpec, seen: dict, stop: threading.Event) -> None:
-    """Once 2 trials are COMPLETE, SIGKILL the owner of a RUNNING trial that has started training."""
+    """Once 2 trials are COMPLETE, SIGKILL the owner of the next trial to start, as soon as its run
+    exists. A trial already running by then may be about to finish: killing it could land after
+    its COMPLETE, which would test nothing."""
     engine = sqlalchemy.create_engine(sc.normalize_storage_url(url))
     while True:  # leave creating tables and the study to the workers: wait for the study's row
         with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError), engine.connect() as conn:
@@ -294,8 +297,14 @@ def _kill_one_worker_mid_trial(url: str, spec: StudySpec, seen: dict, stop: thre
             continue
         trials = storage.get_all_trials(study_id)
         complete = {t.number: t.value for t in trials if t.state == TrialState.COMPLETE}
-        target = next((t for t in trials if t.state == TrialState.RUNNING and RUN_ATTR in t.user_attrs), None)
-        if len(complete) >= 2 and target is not None:
+        if len(complete) < 2:
+            time.sleep(0.05)
+            continue
+        if "old" not in seen:
+            seen["old"] = {t.number for t in trials if t.state != TrialState.WAITING}
+        target = next((t for t in trials if t.state == TrialState.RUNNING and RUN_ATTR in t.user_attrs
+                       and t.number not in seen["old"]), None)
+        if target is not None:
             os.kill(target.user_attrs["worker"]["pid"], signal.SIGKILL)
             seen.update(number=target.number, pid=target.user_attrs["worker"]["pid"],
                         run_id=target.user_attrs[RUN_ATTR], complete=complete)
@@ -307,7 +316,8 @@ def _kill_one_worker_mid_trial(url: str, spec: StudySpec, seen: dict, stop: thre
 @pytest.mark.slow
 def test_sigkill_of_a_worker_mid_trial_loses_nothing_and_leaves_no_run_running(pg_database, mlflow_server_url):
     data = tiny_data()
-    spec = tiny_spec(data, forced=2)
+    # 6 epochs: a trial outlasts the killer's poll by a wide margin, even on a loaded machine
+    spec = tiny_spec(data, forced=2, train=TrainConfig(max_epochs=6, patience=6, progress=False, eval_batch_size=512))
     seen: dict = {}
     stop = threading.Event()
     killer = threading.Thread(target=_kill_one_worker_mid_trial, args=(pg_database, spec, seen, stop), daemon=True)
