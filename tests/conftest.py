@@ -80,6 +80,13 @@ def copy_repo(dest: Path) -> Path:
     return dest
 
 
+def build_validated_tier(repo: Path, tier: str, env: dict[str, str]) -> None:
+    """Raw data, one tier and its validation in a repo copy: what the HPO stage needs first."""
+    for cmd in (["tierhpo", "ingest", "--ensure"], ["tierhpo", "tiers", "--tier", tier],
+                ["tierhpo", "validate", "--tier", tier]):
+        subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True, text=True)
+
+
 @pytest.fixture
 def repo_copy(tmp_path) -> Path:
     """A throwaway git copy of the working tree, for end-to-end ``dvc repro`` tests."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import multiprocessing as mp
 import multiprocessing.forkserver
@@ -20,6 +21,7 @@ import pg_fixtures
 import pytest
 import sqlalchemy
 import yaml
+from conftest import build_validated_tier
 from hpo_tiny import tiny_data
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
@@ -33,7 +35,6 @@ from training.search.space import ParamConfig, SearchSpace
 from training.search.study import StudySpec, WorkerSettings, build_engine, open_study
 from training.search.tracking import PARENT_ATTR, PARENT_TAG, RUN_ATTR, TRIAL_TAG
 from training.search.workers import Backoff, available_cpus, is_connection_loss, plan_workers, run_workers
-from training.trainer import TrainConfig
 
 # Fixtures, used by parameter name.
 postgres_server = pg_fixtures.postgres_server
@@ -317,7 +318,8 @@ def _kill_one_worker_mid_trial(url: str, spec: StudySpec, seen: dict, stop: thre
 def test_sigkill_of_a_worker_mid_trial_loses_nothing_and_leaves_no_run_running(pg_database, mlflow_server_url):
     data = tiny_data()
     # 6 epochs: a trial outlasts the killer's poll by a wide margin, even on a loaded machine
-    spec = tiny_spec(data, forced=2, train=TrainConfig(max_epochs=6, patience=6, progress=False, eval_batch_size=512))
+    spec = tiny_spec(data, forced=2)
+    spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, max_epochs=6, patience=6))
     seen: dict = {}
     stop = threading.Event()
     killer = threading.Thread(target=_kill_one_worker_mid_trial, args=(pg_database, spec, seen, stop), daemon=True)
@@ -511,9 +513,7 @@ def test_cli_workers_fill_the_study_and_join_refuses_other_params(repo_copy, pg_
     params = yaml.safe_load(params_file.read_text())
     params["train"].update(max_epochs=2, patience=2, progress=False)
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-    for cmd in (["tierhpo", "ingest", "--ensure"], ["tierhpo", "tiers", "--tier", "a20"],
-                ["tierhpo", "validate", "--tier", "a20"]):
-        subprocess.run(cmd, cwd=repo_copy, env=env, check=True, capture_output=True, text=True)
+    build_validated_tier(repo_copy, "a20", env)
     url = with_password(pg_database)
     command = ["tierhpo", "hpo", "--tier", "a20", "--budget", "20K", "--horizon", "1", "--trials", "4",
                "--forced", "2", "--quiet", "--storage", url]

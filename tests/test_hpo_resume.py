@@ -21,6 +21,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from conftest import build_validated_tier
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
@@ -95,9 +96,7 @@ def test_cli_resumes_after_sigkill(repo_copy, isolated_stores):
     params["train"].update(max_epochs=3, patience=3, progress=False)
     params["hpo"]["storage"].update(heartbeat_interval=1, grace_period=30, poll_seconds=0.2)
     (repo_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for cmd in (["tierhpo", "ingest", "--ensure"], ["tierhpo", "tiers", "--tier", "a20"],
-                ["tierhpo", "validate", "--tier", "a20"]):
-        subprocess.run(cmd, cwd=repo_copy, env=env, check=True, capture_output=True, text=True)
+    build_validated_tier(repo_copy, "a20", env)
     command = ["tierhpo", "hpo", "--tier", "a20", "--budget", "20K", "--horizon", "1", "--trials", "3",
                "--forced", "2", "--quiet", "--threads", "1"]
     storage = os.environ["TIERHPO_OPTUNA_STORAGE"]

@@ -421,9 +421,12 @@ def reconcile_runs(handle: StudyHandle) -> int:
     ``tell`` (or before writing its run id), and finish runs closed as FAILED whose trial is COMPLETE."""
     states = {t.number: t for t in handle.study.get_trials(deepcopy=False)}
     closed = 0
-    for run in handle.tracking.running_trial_runs():
+    def trial_of(run: Any) -> FrozenTrial | None:
         number = run.data.tags.get(TRIAL_TAG)
-        trial = states.get(int(number)) if number and number.isdigit() else None
+        return states.get(int(number)) if number and number.isdigit() else None
+
+    for run in handle.tracking.running_trial_runs():
+        trial = trial_of(run)
         if trial is not None and trial.state == TrialState.RUNNING and trial.user_attrs.get(RUN_ATTR) == run.info.run_id:
             continue  # still being worked on (or stale: the heartbeat will fail it and close the run)
         state = trial.state.name if trial is not None else "UNKNOWN"
@@ -434,8 +437,7 @@ def reconcile_runs(handle: StudyHandle) -> int:
     # A worker that lost the storage while telling COMPLETE (the commit landed, the reply did not)
     # closed its run as FAILED; the study is the record, so the run follows it.
     for run in handle.tracking.trial_runs_with_status("FAILED", "KILLED"):
-        number = run.data.tags.get(TRIAL_TAG)
-        trial = states.get(int(number)) if number and number.isdigit() else None
+        trial = trial_of(run)
         if trial is None or trial.state != TrialState.COMPLETE or trial.user_attrs.get(RUN_ATTR) != run.info.run_id:
             continue
         info = trial.user_attrs.get("info") or {}
