@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from benchmarks import discover
-from pipelines import atomic
+from common import atomic
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 HEADER = (

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pipelines import paths
+from common import paths
 
 
 def threads() -> int:

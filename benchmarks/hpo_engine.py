@@ -40,7 +40,7 @@ CHECKPOINTS = (10, 20)
 
 def study_spec(arm: str, seed: int, data: Any, epochs: int | None, budget: str | None):
     from evaluation.metrics import MetricsParams
-    from pipelines import config
+    from common import config
     from training.budget import ModelParams
     from training.search.config import HpoConfig
     from training.search.study import StudySpec
@@ -183,7 +183,7 @@ def run(quick: bool = False) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.__main__ import DEFAULT_OUTPUT, replace_section
-    from pipelines import atomic
+    from common import atomic
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.hpo_engine", description=TITLE)
     parser.add_argument("--trials", type=int, default=12)

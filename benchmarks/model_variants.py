@@ -32,7 +32,7 @@ def variant_child(overrides: dict[str, Any], budget: str, spec: dict[str, Any], 
 
     import torch
 
-    from pipelines import config
+    from common import config
     from training.budget import ModelParams, count_params
     from training.trainer import TrainConfig, train
 
@@ -53,7 +53,7 @@ def variant_child(overrides: dict[str, Any], budget: str, spec: dict[str, Any], 
 
 
 def run(quick: bool = False) -> str:
-    from pipelines import config
+    from common import config
 
     threads = bench_threads()
     spec = data_spec()

@@ -175,7 +175,7 @@ def flops_per_sample(model_cfg: dict[str, Any], batch_size: int) -> tuple[float,
 
 
 def configs(spec: dict[str, Any], n_features: int, context_len: int) -> list[tuple[str, Any]]:
-    from pipelines import config
+    from common import config
     from training.budget import ModelParams, parse_budget
 
     params = config.load_params()
@@ -191,7 +191,7 @@ def configs(spec: dict[str, Any], n_features: int, context_len: int) -> list[tup
 
 
 def run(quick: bool = False) -> str:
-    from pipelines import config
+    from common import config
     from training.budget import count_params, parse_budget
 
     threads = bench_threads()

@@ -34,7 +34,7 @@ def trial_child(budget: str, searched: dict[str, Any], spec: dict[str, Any], thr
 
     import torch
 
-    from pipelines import config
+    from common import config
     from training.budget import ModelParams, count_params
     from training.trainer import TrainConfig, train
 
@@ -55,7 +55,7 @@ def trial_child(budget: str, searched: dict[str, Any], spec: dict[str, Any], thr
 
 
 def run(quick: bool = False) -> str:
-    from pipelines import config
+    from common import config
     from training.budget import parse_budget
 
     threads = bench_threads()

@@ -37,7 +37,7 @@ from sklearn.frozen import FrozenEstimator
 from sklearn.metrics import log_loss
 from sklearn.model_selection import KFold, cross_val_predict
 
-from pipelines.errors import TierHpoError
+from common.errors import TierHpoError
 
 METHODS = ("temperature", "sigmoid", "isotonic")  # in order of complexity (number of fitted values)
 CHOICES = ("none", *METHODS)

@@ -23,7 +23,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from pipelines.errors import TierHpoError
+from common.errors import TierHpoError
 
 DEFAULT_ECE_BINS = 15
 

@@ -1,7 +1,7 @@
 """Shared PNG plots: reliability diagram, annotated heatmap, scaling plot, coverage heatmap, optimisation history.
 
 Every function draws with matplotlib's Agg backend (no display needed), writes the PNG
-atomically (``pipelines.atomic``: a failed plot never leaves a half-written file), closes the
+atomically (``common.atomic``: a failed plot never leaves a half-written file), closes the
 figure and returns the path.
 """
 
@@ -21,7 +21,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from sklearn.calibration import calibration_curve  # noqa: E402
 
 from evaluation.metrics import DEFAULT_ECE_BINS  # noqa: E402
-from pipelines import atomic  # noqa: E402
+from common import atomic  # noqa: E402
 
 DPI = 110
 

@@ -23,8 +23,8 @@ import pandas as pd
 import typer
 
 from evaluation.metrics import MetricsParams, classification_metrics
-from pipelines import atomic, config, paths
-from pipelines.errors import TierHpoError
+from common import atomic, config, paths
+from common.errors import TierHpoError
 from training.dataset import SPLITS, TierData
 
 MODELS = ("logreg", "hgb")

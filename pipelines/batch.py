@@ -23,8 +23,8 @@ from typing import Annotated
 
 import typer
 
-from pipelines import paths
-from pipelines.errors import TierHpoError
+from common import paths
+from common.errors import TierHpoError
 from training.budget import parse_budget
 
 # Stage families in batch order; the HPO family is ordered by budget within it.

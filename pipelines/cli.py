@@ -15,7 +15,7 @@ import click
 import typer
 from typer._click import exceptions as typer_click
 
-from pipelines.errors import TierHpoError
+from common.errors import TierHpoError
 
 # name -> (module, one-line help). Order is the pipeline order.
 STAGES: dict[str, tuple[str, str]] = {

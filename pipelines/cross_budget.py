@@ -41,8 +41,8 @@ import numpy as np
 import pandas as pd
 import typer
 
-from pipelines import atomic, config, paths, provenance
-from pipelines.errors import TierHpoError
+from common import atomic, config, paths, provenance
+from common.errors import TierHpoError
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from typing import Annotated
 
 import typer
 
-from pipelines import config, paths
-from pipelines.errors import TierHpoError
+from common import config, paths
+from common.errors import TierHpoError
 
 app = typer.Typer(add_completion=False)
 
@@ -33,7 +33,7 @@ def _echo(message: str) -> None:
 
 def data_version(symbol: str, tier: str) -> str:
     """The md5 of the validated tier parquet and split file (what the study trains on)."""
-    from pipelines.validate import ensure_validated
+    from training.validation_record import ensure_validated
 
     summary = ensure_validated(symbol, tier)
     return f"{summary['dataset_md5'][:12]}-{summary['splits_md5'][:12]}"

@@ -29,8 +29,8 @@ import numpy as np
 import pandas as pd
 import typer
 
-from pipelines import config, paths
-from pipelines.errors import TierHpoError
+from common import config, paths
+from common.errors import TierHpoError
 from training.dataset import DataConfig, load_data_config
 from training.features import WARMUP_ROWS
 from training.splits import minimum_rows

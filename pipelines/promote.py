@@ -41,9 +41,9 @@ import pandas as pd
 import typer
 
 from evaluation.calibration import CalibrationConfig
-from pipelines import atomic, config, paths, provenance
+from common import atomic, config, paths, provenance
 from pipelines.cross_budget import Study, create_stage_run, load_data, read_study, resolve_budgets
-from pipelines.errors import TierHpoError
+from common.errors import TierHpoError
 
 STAGE = "promote"
 CHAMPION = "champion"

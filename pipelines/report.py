@@ -41,8 +41,8 @@ import pandas as pd
 import typer
 
 from evaluation import hpo_analysis, plots, stats
-from pipelines import atomic, config, paths, provenance
-from pipelines.errors import TierHpoError
+from common import atomic, config, paths, provenance
+from common.errors import TierHpoError
 
 app = typer.Typer(add_completion=False)
 

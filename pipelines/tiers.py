@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 import typer
 
-from pipelines import atomic, config, paths
-from pipelines.errors import TierHpoError
+from common import atomic, config, paths
+from common.errors import TierHpoError
 from pipelines.ingest import read_raw
 from training.dataset import DataConfig, check_tier, load_data_config
 from training.features import BASE_COLUMNS, WARMUP_ROWS, compute_features, tier_features

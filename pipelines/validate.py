@@ -34,18 +34,18 @@ from typing import Annotated, Any
 import pandas as pd
 import typer
 
-from pipelines import atomic, config, paths
-from pipelines.errors import TierHpoError
+from common import atomic, config, paths
+from common.errors import TierHpoError
 from training.dataset import (
     DataConfig,
     check_tier,
     load_data_config,
     read_split_meta,
     read_tier_frame,
-    tier_file_md5,
 )
 from training.features import BASE_COLUMNS, tier_features
 from training.labels import label_name
+from training.validation_record import current_md5s, details_dir, summary_path
 from training.splits import SPLITS, minimum_rows
 
 FLOAT_TYPES = ["float64", "float32"]
@@ -66,37 +66,6 @@ class ValidateConfig:
             raise TierHpoError("validate: need 0 <= positive_rate_min < positive_rate_max <= 1")
         if self.show_rows < 1:
             raise TierHpoError("validate.show_rows: must be >= 1")
-
-
-def validation_dir() -> Path:
-    return paths.reports_dir() / "validation"
-
-
-def summary_path(symbol: str, tier: str) -> Path:
-    """The small success record (the stage's DVC output)."""
-    return validation_dir() / f"{symbol}_{tier}.json"
-
-
-def details_dir(symbol: str, tier: str) -> Path:
-    """Full Great Expectations result (result.json) and Data Docs (data_docs/index.html)."""
-    return validation_dir() / f"{symbol}_{tier}"
-
-
-def ensure_validated(symbol: str, tier: str) -> dict[str, Any]:
-    """Raise unless the tier files on disk are exactly the ones the suite passed."""
-    path = summary_path(symbol, tier)
-    if not path.is_file():
-        raise TierHpoError(f"{symbol}_{tier} has not passed validation; run `tierhpo validate --tier {tier}`")
-    summary = json.loads(path.read_text())
-    current = {
-        "dataset_md5": tier_file_md5(paths.tier_path(symbol, tier)),
-        "splits_md5": tier_file_md5(paths.splits_path(symbol, tier)),
-    }
-    if not summary.get("success") or any(summary.get(k) != v for k, v in current.items()):
-        raise TierHpoError(
-            f"{symbol}_{tier} changed since it was validated; run `tierhpo validate --tier {tier}` (or `dvc repro`)"
-        )
-    return summary
 
 
 # ---- what is expected -------------------------------------------------------------------
@@ -318,8 +287,7 @@ def validate_tier(symbol: str, tier: str, data: DataConfig, cfg: ValidateConfig)
         "symbol": symbol,
         "tier": tier,
         "dataset": str(parquet.relative_to(paths.project_root())),
-        "dataset_md5": tier_file_md5(parquet),
-        "splits_md5": tier_file_md5(paths.splits_path(symbol, tier)),
+        **current_md5s(symbol, tier),
         "n_rows": len(frame),
         "n_columns": frame.shape[1],
         "expectations": {s: {k: st[k] for k in ("evaluated_expectations", "successful_expectations")} for s, st in stats.items()},

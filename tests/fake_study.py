@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 import yaml
 
-from pipelines import paths
+from common import paths
 from training.budget import Architecture, count_params, parse_budget, solve
 from training.dataset import TierData
 from training.synthetic import synthetic_tier
@@ -39,7 +39,7 @@ def tiny_tier(seed: int = 0) -> TierData:
 
 
 def project(root: Path, monkeypatch: Any, sections: dict[str, Any]) -> Path:
-    """A throwaway project root (params.yaml + results/) that ``pipelines.paths`` resolves to."""
+    """A throwaway project root (params.yaml + results/) that ``common.paths`` resolves to."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "params.yaml").write_text(yaml.safe_dump({
         "data": {"symbol": "SYN", "tiers": [TIER], "horizons": [HORIZON], "context_len": 16}, **sections,

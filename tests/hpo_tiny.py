@@ -9,7 +9,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines import paths
+from common import paths
 from training.dataset import TierData
 from training.search.config import PrunerConfig, StorageConfig
 from training.search.coverage import CoverageConfig

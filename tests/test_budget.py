@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.errors import TierHpoError
+from common.errors import TierHpoError
 from training.budget import (
     Architecture,
     ModelParams,

@@ -17,7 +17,7 @@ from evaluation.calibration import (
     fit_calibrator,
     sklearn_calibrator,
 )
-from pipelines.errors import TierHpoError
+from common.errors import TierHpoError
 
 
 def miscalibrated(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -27,7 +27,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from pg_fixtures import database_exists, database_url, free_port, set_connections_allowed
 
-from pipelines.errors import TierHpoError
+from common.errors import TierHpoError
 from training.search import storage_checks as sc
 from training.search import workers as workers_module
 from training.search.config import StorageConfig

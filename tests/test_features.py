@@ -13,7 +13,7 @@ from conftest import make_ohlcv
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipelines.errors import TierHpoError
+from common.errors import TierHpoError
 from training.features import (
     FEATURE_NAMES,
     FEATURES,

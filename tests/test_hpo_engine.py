@@ -30,7 +30,7 @@ from hpo_tiny import (  # noqa: F401  (fixtures are used by name)
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from pipelines.errors import TierHpoError
+from common.errors import TierHpoError
 from training.dataset import TierData
 from training.model import ModelConfig, PatchTSTClassifier
 from training.search import waste

@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 import training.search.objective as objective_module
-from pipelines.errors import TierHpoError
+from common.errors import TierHpoError
 from training.search import waste
 from training.search.config import PrunerConfig
 from training.search.study import run_study

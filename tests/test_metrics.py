@@ -15,7 +15,7 @@ from evaluation.metrics import (
     degeneracy,
     expected_calibration_error,
 )
-from pipelines.errors import TierHpoError
+from common.errors import TierHpoError
 
 Y = np.array([0, 0, 1, 1])
 P = np.array([0.15, 0.65, 0.45, 0.85])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipelines.errors import TierHpoError
+from common.errors import TierHpoError
 from training.model import ModelConfig, PatchTSTClassifier
 
 

@@ -23,9 +23,9 @@ import pytest
 import torch
 from fake_study import HORIZON, TIER, make_study, point_at, project
 
-from pipelines import paths
+from common import paths
 from pipelines import promote as pm
-from pipelines.errors import TierHpoError
+from common.errors import TierHpoError
 from training.budget import Architecture
 from training.synthetic import synthetic_tier
 

@@ -21,8 +21,9 @@ from scipy import stats as st
 from typer.testing import CliRunner
 
 from evaluation import plots, stats
-from pipelines import cli, paths, report
-from pipelines.errors import TierHpoError
+from common import paths
+from pipelines import cli, report
+from common.errors import TierHpoError
 
 REPO = Path(__file__).resolve().parents[1]
 TIER, H = "a50", 1

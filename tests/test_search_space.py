@@ -8,8 +8,8 @@ import numpy as np
 import optuna
 import pytest
 
-from pipelines import config
-from pipelines.errors import TierHpoError
+from common import config
+from common.errors import TierHpoError
 from training.search.config import HpoConfig
 from training.search.coverage import CoverageTracker
 from training.search.feasibility import Feasibility

@@ -22,7 +22,7 @@ import torch
 from mlflow.exceptions import MlflowException
 
 from evaluation.calibration import Calibrator
-from pipelines import paths
+from common import paths
 from training.model import ModelConfig, PatchTSTClassifier
 from training.serving import WINDOW_ID, ServingSpec, TierHpoPyfunc, model_kwargs
 

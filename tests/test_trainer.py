@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from evaluation.metrics import EPOCH_METRIC_NAMES, METRIC_NAMES
-from pipelines.errors import TierHpoError
+from common.errors import TierHpoError
 from training.budget import count_params
 from training.model import ModelConfig
 from training.synthetic import synthetic_tier

@@ -10,9 +10,10 @@ import pytest
 from conftest import make_ohlcv
 from data_project import VALIDATE, light_project, run_cli, write_params  # noqa: F401
 
-from pipelines import ingest, paths
-from pipelines.errors import TierHpoError
-from pipelines.validate import details_dir, ensure_validated, summary_path
+from common import paths
+from pipelines import ingest
+from common.errors import TierHpoError
+from training.validation_record import details_dir, ensure_validated, summary_path
 from training.dataset import load_tier
 
 

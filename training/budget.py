@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal
 
-from pipelines.errors import TierHpoError
+from common.errors import TierHpoError
 from training.model import ModelConfig, build_on_meta, count_parameters
 
 MAX_TOLERANCE = 0.10

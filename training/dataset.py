@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.errors import TierHpoError
+from common.errors import TierHpoError
+from training.validation_record import ensure_validated
 
 SPLITS = ("train", "val", "test")
 KNOWN_TIERS = ("a20", "a50", "a100")
@@ -74,7 +75,7 @@ class DataConfig:
 
 
 def load_data_config(**overrides: Any) -> DataConfig:
-    from pipelines import config
+    from common import config
 
     return config.load(DataConfig, "data", **overrides)
 
@@ -172,7 +173,7 @@ class TierData:
 
 def read_split_meta(symbol: str, tier: str) -> dict[str, Any]:
     """The sidecar JSON that ``tierhpo tiers`` writes next to the tier parquet."""
-    from pipelines import paths
+    from common import paths
 
     path = paths.splits_path(symbol, tier)
     if not path.is_file():
@@ -218,7 +219,7 @@ def load_tier(
     plus the horizon would no longer fit in the recorded purge gap. ``require_validated``
     refuses a dataset that the Great Expectations suite has not passed in its current form.
     """
-    from pipelines import paths
+    from common import paths
 
     check_tier(tier)
     meta = read_split_meta(symbol, tier)
@@ -235,8 +236,6 @@ def load_tier(
             f"{symbol}_{tier}; rebuild the tiers with data.context_len >= {context_len}"
         )
     if require_validated:
-        from pipelines.validate import ensure_validated
-
         ensure_validated(symbol, tier)
     path = paths.tier_path(symbol, tier)
     columns = list(meta["feature_columns"] if include_base else meta["engineered_columns"])
@@ -256,13 +255,3 @@ def load_tier(
         tier=tier,
         symbol=symbol,
     )
-
-
-def tier_file_md5(path: str | Path) -> str:
-    import hashlib
-
-    digest = hashlib.md5()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from pipelines.errors import TierHpoError
+from common.errors import TierHpoError
 
 NORMS = ("global", "revin")
 POOLINGS = ("last", "mean")
@@ -90,7 +90,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ModelConfig:
         """Rebuild from ``to_dict()`` output (e.g. ``best.json["model_config"]``), type-checked."""
-        from pipelines.config import build
+        from common.config import build
 
         return build(cls, raw, where="model_config")
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from pipelines.errors import TierHpoError
+from common.errors import TierHpoError
 
 SPLITS = ("train", "val", "test")
 Bounds = dict[str, tuple[int, int]]

@@ -33,7 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from evaluation.metrics import DEFAULT_ECE_BINS, EPOCH_METRIC_NAMES, classification_metrics
-from pipelines.errors import TierHpoError
+from common.errors import TierHpoError
 from training.dataset import TierData
 from training.model import ModelConfig, PatchTSTClassifier, count_parameters
 
@@ -82,7 +82,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> TrainConfig:
-        from pipelines.config import build
+        from common.config import build
 
         return build(cls, raw, where="train_config")
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 import optuna
 
-from pipelines.errors import TierHpoError
+from common.errors import TierHpoError
 from training.search.coverage import CoverageConfig
 from training.search.space import ParamConfig
 

@@ -21,7 +21,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from pipelines.errors import TierHpoError
+from common.errors import TierHpoError
 from training.search.feasibility import Feasibility
 from training.search.space import SearchSpace
 

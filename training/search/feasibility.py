@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.errors import TierHpoError
+from common.errors import TierHpoError
 from training.search.space import SearchSpace
 
 

@@ -24,8 +24,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from pipelines import atomic, provenance
-from pipelines.errors import TierHpoError
+from common import atomic, provenance
+from common.errors import TierHpoError
 from training.budget import parse_budget
 from training.search import waste
 from training.search.tracking import RUN_ATTR

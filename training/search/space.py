@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 import optuna.distributions as od
 
-from pipelines.errors import TierHpoError
+from common.errors import TierHpoError
 
 Kind = Literal["float", "int", "categorical"]
 

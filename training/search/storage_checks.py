@@ -36,7 +36,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import TierHpoError
+from common.errors import TierHpoError
 
 PG_DRIVER = "postgresql+psycopg2"
 CONNECT_TIMEOUT_S = 5

@@ -47,8 +47,8 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from evaluation.metrics import MetricsParams
-from pipelines import paths, provenance
-from pipelines.errors import TierHpoError
+from common import paths, provenance
+from common.errors import TierHpoError
 from training.budget import ModelParams, format_budget, parse_budget
 from training.dataset import TierData
 from training.search import waste

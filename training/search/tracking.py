@@ -31,8 +31,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipelines import paths
-from pipelines.errors import TierHpoError
+from common import paths
+from common.errors import TierHpoError
 
 log = logging.getLogger(__name__)
 

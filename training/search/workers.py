@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
 
-from pipelines.errors import TierHpoError
+from common.errors import TierHpoError
 from training.search import storage_checks as sc
 
 if TYPE_CHECKING:

@@ -20,8 +20,8 @@ from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 import yaml
 
-from pipelines import paths
-from pipelines.errors import TierHpoError
+from common import paths
+from common.errors import TierHpoError
 
 T = TypeVar("T")
 

@@ -7,7 +7,7 @@ from functools import lru_cache
 
 import yaml
 
-from pipelines import paths
+from common import paths
 
 
 @lru_cache(maxsize=1)
