@@ -40,11 +40,15 @@ def data_version(symbol: str, tier: str) -> str:
 
 
 def build_spec(tier: str, budget: str, horizon: int, *, forced: int | None = None, seed: int | None = None,
-               trials: int | None = None, threads: int | None = None):
-    """Load the params and the validated tier; return ``(spec, data, hpo_config)``."""
+               trials: int | None = None, threads: int | None = None, max_memory_gb: float | None = None):
+    """Load the params and the validated tier; return ``(spec, data, hpo_config)``.
+
+    A budget whose training state alone exceeds the memory limit is refused here, before the
+    data is loaded (training.memory)."""
     from evaluation.metrics import MetricsParams
     from training.budget import ModelParams
     from training.dataset import check_tier, load_data_config, load_tier
+    from training.memory import check_budget
     from training.search.config import HpoConfig
     from training.search.study import StudySpec
     from training.trainer import TrainConfig
@@ -53,7 +57,8 @@ def build_spec(tier: str, budget: str, horizon: int, *, forced: int | None = Non
     data_cfg = load_data_config()
     hpo = config.load(HpoConfig, "hpo", trials=trials, forced=forced, seed=seed, threads=threads)
     model = config.load(ModelParams, "model")
-    train = config.load(TrainConfig, "train")
+    train = config.load(TrainConfig, "train", max_memory_gb=max_memory_gb)
+    check_budget(budget, train.max_memory_gb, train.device)
     metrics = config.load(MetricsParams, "metrics")
     data = load_tier(data_cfg.symbol, tier, horizon, data_cfg.context_len, require_validated=True)
     spec = StudySpec.from_params(hpo, tier=tier, budget=budget, horizon=horizon, data=data,
@@ -81,6 +86,9 @@ def main(
     worker_offset: Annotated[int | None, typer.Option(
         help="First worker index (seeds TPE); give each machine its own range. Default: 0, or a "
              "per-host value with --join.")] = None,
+    max_memory_gb: Annotated[float | None, typer.Option(
+        help="Memory limit of one training run in GB (default: train.max_memory_gb, else 80% of the "
+             "device); larger budgets and trials are refused (docs/limits.md).")] = None,
 ) -> None:
     """Two-phase Optuna search (forced extremes, then coverage-aware TPE) for one study."""
     import optuna
@@ -95,7 +103,8 @@ def main(
         raise TierHpoError(f"--trials must be >= 1, got {trials}")
     if workers < 1:
         raise TierHpoError(f"--workers must be >= 1, got {workers}")
-    spec, data, hpo = build_spec(tier, budget, horizon, forced=forced, seed=seed, trials=trials, threads=threads)
+    spec, data, hpo = build_spec(tier, budget, horizon, forced=forced, seed=seed, trials=trials, threads=threads,
+                                 max_memory_gb=max_memory_gb)
     storage_url = storage or paths.optuna_storage_url()
     settings = WorkerSettings(storage=hpo.storage, log_every_s=hpo.log_every_s,
                               progress=spec.train.progress and not quiet and workers == 1)

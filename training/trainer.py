@@ -57,6 +57,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     progress: bool = True  # tqdm bars (also silent when stderr is not a terminal)
     eval_batch_size: int = 4096
+    max_memory_gb: float | None = None  # memory limit of one run (training.memory); None = 80 % of the device
 
     def __post_init__(self) -> None:
         checks = {
@@ -70,6 +71,7 @@ class TrainConfig:
             "grad_clip": self.grad_clip >= 0,
             "pos_weight": self.pos_weight is None or self.pos_weight > 0,
             "eval_batch_size": self.eval_batch_size >= 1,
+            "max_memory_gb": self.max_memory_gb is None or self.max_memory_gb > 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -176,6 +178,7 @@ def train(
     _check_compatible(model_cfg, data)
     started = time.perf_counter()
     device = resolve_device(train_cfg.device)
+    _memory_guard(model_cfg, train_cfg, data, device)
     torch.manual_seed(train_cfg.seed)  # weights init and dropout
     shuffle = torch.Generator().manual_seed(train_cfg.seed)
 
@@ -315,6 +318,16 @@ def logits_of_windows(model: PatchTSTClassifier, windows: np.ndarray, batch_size
         for start in range(0, len(x), batch_size):
             out.append(model(torch.from_numpy(x[start:start + batch_size]).to(dev)).float().cpu())
     return torch.cat(out).double().numpy() if out else np.empty(0)
+
+
+def _memory_guard(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TierData, device: torch.device) -> None:
+    """Refuse (``MemoryLimitError``, before any allocation) a run that would exhaust memory: the
+    HPO objective records it as that trial's FAIL with the reason (training.memory)."""
+    from training.budget import count_params
+    from training.memory import guard
+
+    guard(model_cfg, count_params(model_cfg), train_cfg.batch_size, train_cfg.eval_batch_size, len(data.features),
+          train_cfg.max_memory_gb, device.type)
 
 
 def _check_compatible(model_cfg: ModelConfig, data: TierData) -> None:

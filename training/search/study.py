@@ -73,7 +73,7 @@ log = logging.getLogger(__name__)
 
 SPEC_ATTR = "tierhpo_spec"
 Sampler = Literal["coverage", "tpe", "random"]
-_NOT_HASHED_TRAIN = ("progress", "eval_batch_size")  # do not change results
+_NOT_HASHED_TRAIN = ("progress", "eval_batch_size", "max_memory_gb")  # do not change results
 
 
 @dataclass(frozen=True)
