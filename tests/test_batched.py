@@ -70,3 +70,28 @@ def test_callback_stops_only_its_member(tier):
     assert results[0].status == "stopped" and results[0].epochs_run == 2
     assert isinstance(results[0].extra["exception"], RuntimeError)
     assert results[1].epochs_run > 2
+
+
+def test_refit_fresh_seeds_batched(tier, tmp_path):
+    import json
+
+    import pandas as pd
+
+    from pipelines.hpo import refit_best, refit_seeds, write_refit
+
+    seeds = refit_seeds(7, 3)
+    assert len(set(seeds)) == 3 and 7 not in seeds and seeds == refit_seeds(7, 3)
+    models, trains = members(tier)
+    best = {"model_config": models[0].to_dict(), "train_config": trains[0].to_dict(), "trial_number": 2}
+    refit = refit_best(best, tier, seeds, ece_bins=15)
+    write_refit(refit, tmp_path)
+    summary = json.loads((tmp_path / "refit.json").read_text())
+    assert summary["seeds"] == seeds and summary["study_seed"] == 7 and len(summary["members"]) == 3
+    frame = pd.read_parquet(tmp_path / "val_predictions.parquet")
+    assert list(frame.columns) == ["date", "y", *(f"seed_{s}" for s in seeds)]
+    assert len(frame) == len(tier.split_ends["val"])
+    states = torch.load(tmp_path / "refit.pt", weights_only=True)
+    assert sorted(states) == sorted(f"seed_{s}" for s in seeds)
+    # Each refit member is the same model as trained alone with that seed.
+    alone = train(models[0], dataclasses.replace(trains[0], seed=seeds[1]), tier)
+    assert abs(summary["members"][1]["val/auc"] - alone.val_metrics["val/auc"]) <= 1e-6
