@@ -7,7 +7,11 @@ version (the validated files' md5) is part of the study name, so new data starts
 
 Running the same command again resumes the study: only the trials missing to reach ``--trials``
 COMPLETE trials run. At the end it writes, atomically, ``paths.study_dir(tier, budget, horizon)``:
-``best.json``, ``model.pt``, ``metrics.json`` and ``trials.csv`` (docs/architecture.md).
+``best.json``, ``model.pt``, ``metrics.json`` and ``trials.csv`` (docs/architecture.md), then
+retrains the best configuration with ``hpo.refit_seeds`` fresh seeds (derived from ``hpo.seed``,
+never equal to it), all in one batch (training/batched.py): ``refit.json`` (per-seed and
+seed-ensemble val metrics), ``refit.pt`` (``{"seed_<s>": state_dict}``) and
+``val_predictions.parquet`` (date, y, seed_<s>). The test split is not read here.
 Ctrl-C or SIGTERM: the running trial is closed (MLflow run KILLED) and re-queued, exit 130.
 """
 
@@ -123,12 +127,80 @@ def main(
         result = run_study(spec, data, hpo.trials, storage_url, settings=settings, echo=_echo)
     out = paths.study_dir(spec.tier, spec.budget, spec.horizon)
     write_outputs(result, out)
+    if hpo.refit_seeds:
+        refit = refit_best(result.best, data, refit_seeds(hpo.seed, hpo.refit_seeds), ece_bins=spec.metrics.ece_bins)
+        write_refit(refit, out)
+        _echo(f"refit {len(refit['seeds'])} fresh seeds: val/auc "
+              + ", ".join(f"{r['val/auc']:.4f}" for r in refit["members"])
+              + f"; seed ensemble {refit['ensemble']['val/auc']:.4f}")
     m = result.metrics
     _echo(f"best trial {result.best['trial_number']}: val/auc {m['val/auc']:.4f} "
           f"({result.best['n_params']:,} parameters); {m['hpo/n_complete']} complete, {m['hpo/n_pruned']} pruned, "
           f"{m['hpo/n_failed']} failed; wasted {m['hpo/wasted_fraction']:.1%}; coverage {m['hpo/coverage']:.2f}")
-    _echo(f"wrote {_relative(out)}/{{best.json,model.pt,metrics.json,trials.csv}}; "
+    _echo(f"wrote {_relative(out)}/{{best.json,model.pt,metrics.json,trials.csv,refit.*,val_predictions.parquet}}; "
           f"MLflow parent run {result.parent_run_id}")
+
+
+def refit_seeds(hpo_seed: int, n: int) -> list[int]:
+    """``n`` distinct seeds derived from ``hpo_seed`` (numpy ``SeedSequence``), none equal to it."""
+    import numpy as np
+
+    seeds: list[int] = []
+    state = np.random.SeedSequence([hpo_seed, 0x5EED]).generate_state(n + 1 + n, dtype=np.uint32)
+    for value in (int(v) & 0x7FFFFFFF for v in state):
+        if value != hpo_seed and value not in seeds and len(seeds) < n:
+            seeds.append(value)
+    return seeds
+
+
+def refit_best(best: dict, data, seeds: list[int], *, ece_bins: int) -> dict:
+    """Retrain ``best``'s model and train config with each of ``seeds``, as one batch; train/val only."""
+    import dataclasses
+
+    import numpy as np
+
+    from evaluation.metrics import classification_metrics
+    from training.batched import train_batch
+    from training.model import ModelConfig
+    from training.trainer import TrainConfig
+
+    if best.get("model_config") is None or best.get("train_config") is None:
+        raise TierHpoError("best.json has no model_config/train_config to refit")
+    model_cfg = ModelConfig.from_dict(best["model_config"])
+    base = TrainConfig.from_dict(best["train_config"])
+    if base.seed in seeds:
+        raise TierHpoError(f"refit seed {base.seed} is the study's own seed")
+    configs = [dataclasses.replace(base, seed=s, progress=False) for s in seeds]
+    results = train_batch([model_cfg] * len(seeds), configs, data, ece_bins=ece_bins)
+    failed = [f"seed {s}: {r.reason}" for s, r in zip(seeds, results) if not r.ok]
+    if failed:
+        raise TierHpoError(f"refit failed ({'; '.join(failed)})")
+    preds = np.stack([r.val_pred for r in results])
+    ensemble = classification_metrics(data.labels_of("val"), preds.mean(0), "val", data.base_rate, ece_bins)
+    return {
+        "seeds": seeds, "study_seed": base.seed, "trial_number": best.get("trial_number"),
+        "model_config": model_cfg.to_dict(), "train_config": base.to_dict() | {"seed": None},
+        "members": [{"seed": s, "status": r.status, "best_epoch": r.best_epoch, "epochs_run": r.epochs_run,
+                     **r.val_metrics} for s, r in zip(seeds, results)],
+        "ensemble": ensemble,  # mean probability of the seeds
+        "val/auc_seed_sd": float(np.std([r.val_metrics["val/auc"] for r in results], ddof=1)) if len(seeds) > 1 else 0.0,
+        "train_seconds": max(r.train_seconds for r in results),
+        "_states": {f"seed_{s}": r.state_dict for s, r in zip(seeds, results)},
+        "_val": {"date": data.dates[data.split_ends["val"]], "y": data.labels_of("val"),
+                 **{f"seed_{s}": r.val_pred for s, r in zip(seeds, results)}},
+    }
+
+
+def write_refit(refit: dict, out: Path) -> None:
+    """refit.pt and val_predictions.parquet, then refit.json (each atomic)."""
+    import pandas as pd
+    import torch
+
+    from common import atomic
+
+    atomic.write_with(out / "refit.pt", lambda p: torch.save(refit["_states"], p))
+    atomic.write_with(out / "val_predictions.parquet", lambda p: pd.DataFrame(refit["_val"]).to_parquet(p, index=False))
+    atomic.write_json(out / "refit.json", {k: v for k, v in refit.items() if not k.startswith("_")})
 
 
 def host_offset() -> int:

@@ -78,6 +78,7 @@ class HpoConfig:
     storage: StorageConfig = field(default_factory=StorageConfig)
     log_every_s: float = 15.0  # flush per-epoch MLflow step metrics at most this often (and at the end)
     threads: int = 0  # torch threads for `tierhpo hpo`; 0 = all cores
+    refit_seeds: int = 3  # fresh seeds (never `seed`) the best configuration is retrained with, batched
 
     def __post_init__(self) -> None:
         if self.trials < 1:
@@ -90,5 +91,7 @@ class HpoConfig:
             raise TierHpoError(f"hpo.late_prune_fraction must be in (0, 1], got {self.late_prune_fraction}")
         if self.threads < 0 or self.log_every_s < 0:
             raise TierHpoError("hpo.threads and hpo.log_every_s must be >= 0")
+        if self.refit_seeds < 0:
+            raise TierHpoError(f"hpo.refit_seeds must be >= 0, got {self.refit_seeds}")
         if not self.tiers or not self.budgets or not self.horizons:
             raise TierHpoError("hpo.tiers, hpo.budgets and hpo.horizons must each list at least one value")
