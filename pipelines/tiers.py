@@ -2,8 +2,9 @@
 
 Reads ``data/raw/{symbol}.csv`` and writes, atomically:
 
-* ``paths.tier_path(symbol, tier)`` (parquet): ``date``, the 5 OHLCV base columns, the tier's
-  engineered features (float64) and ``target_h{h}`` (int8, 0/1) for every horizon;
+* ``paths.tier_path(symbol, tier)`` (parquet): ``date``, the 5 raw OHLCV base columns, their 5
+  stationary forms (``training.inputs``), the tier's engineered features (float64) and
+  ``target_h{h}`` (int8, 0/1) for every horizon; the model sees only ``input_columns(tier)``;
 * ``paths.splits_path(symbol, tier)`` (JSON, also embedded in the parquet's schema metadata
   under ``tierhpo``): the split boundaries per horizon (row ranges and dates), the purge gap,
   the warm-up, the column lists and per-split positive rates.
@@ -16,7 +17,6 @@ dates and splits and differ only in their feature columns.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,43 +26,47 @@ import typer
 
 from common import atomic, config, paths
 from common.errors import TierHpoError
-from pipelines.ingest import read_raw
+from pipelines.ohlcv import read_raw
 from training.dataset import DataConfig, check_tier, load_data_config
 from training.features import BASE_COLUMNS, WARMUP_ROWS, compute_features, tier_features
+from training.gaps import check_gaps, segment_ids
+from training.inputs import STATIONARY_COLUMNS, TiersConfig, adjusted, input_columns, stationary_base
 from training.labels import label_name, make_labels
-from training.splits import SPLITS, check_bounds, split_bounds, windows_per_split
+from training.splits import SPLITS, check_bounds, split_bounds, window_ends
 
 META_KEY = b"tierhpo"
 
 
-@dataclass(frozen=True)
-class TiersConfig:
-    # Scale open/high/low/close by adj_close / close when the raw file has adjusted closes,
-    # so splits and dividends do not show up as fake returns (a no-op for the S&P 500 index).
-    use_adjusted: bool = True
-
-
-def adjusted(ohlcv: pd.DataFrame, use_adjusted: bool) -> pd.DataFrame:
-    if not use_adjusted or "adj_close" not in ohlcv.columns:
-        return ohlcv[["date", *BASE_COLUMNS]]
-    factor = ohlcv["adj_close"] / ohlcv["close"]
-    out = ohlcv[["date", *BASE_COLUMNS]].copy()
-    for col in ("open", "high", "low", "close"):
-        out[col] = ohlcv[col] * factor
-    return out
+def _segment_frame(base: pd.DataFrame, engineered: list[str], data: DataConfig) -> pd.DataFrame:
+    """Base, stationary inputs, features and labels of one gap-free segment, warm-up and tail cut."""
+    base = base.reset_index(drop=True)
+    feats = compute_features(base)[engineered]
+    labels = make_labels(base["high"], base["close"], data.horizons, data.threshold)
+    frame = pd.concat([base, stationary_base(base), feats, labels], axis=1)
+    return frame.iloc[WARMUP_ROWS : max(len(frame) - max(data.horizons), WARMUP_ROWS)]
 
 
 def build_tier(
     ohlcv: pd.DataFrame, tier: str, data: DataConfig, cfg: TiersConfig, symbol: str
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Pure: validated raw OHLCV -> (tier frame, split metadata)."""
+    """Pure: validated raw OHLCV -> (tier frame, split metadata).
+
+    Calendar gaps longer than ``data.max_gap_days`` are refused, or, with ``data.allow_gaps``,
+    cut the data into segments that are built separately (``training.gaps``): no feature,
+    window or label spans a gap. ``meta["breaks"]`` holds the rows that start a new segment.
+    """
     check_tier(tier)
     base = adjusted(ohlcv, cfg.use_adjusted).reset_index(drop=True)
+    gaps = check_gaps(base["date"], data.max_gap_days, data.allow_gaps, f"{symbol} raw data")
     engineered = list(tier_features(tier))
-    feats = compute_features(base)[engineered]
-    labels = make_labels(base["high"], base["close"], data.horizons, data.threshold)
-    frame = pd.concat([base, feats, labels], axis=1)
-    frame = frame.iloc[WARMUP_ROWS : len(frame) - max(data.horizons)].reset_index(drop=True)
+    segments = segment_ids(base["date"], data.max_gap_days)
+    parts = [_segment_frame(part, engineered, data) for _, part in base.groupby(segments, sort=True)]
+    breaks, row = [], 0
+    for part in parts:
+        if len(part) and row:
+            breaks.append(row)
+        row += len(part)
+    frame = pd.concat(parts, ignore_index=True)
     label_cols = [label_name(h) for h in data.horizons]
     if frame[label_cols].isna().any(axis=None):  # cannot happen after the tail cut; guards the invariant
         raise TierHpoError(f"{symbol}_{tier}: unlabelled rows remain after dropping the last {max(data.horizons)}")
@@ -71,21 +75,21 @@ def build_tier(
 
     n = len(frame)
     bounds = split_bounds(n, data.split.as_dict(), data.gap)
-    check_bounds(bounds, data.context_len, data.min_windows_per_split)
+    check_bounds(bounds, data.context_len, data.min_windows_per_split, breaks)
     dates = frame["date"].dt.strftime("%Y-%m-%d")
     splits: dict[str, Any] = {}
     for h, col in zip(data.horizons, label_cols, strict=True):
         per_split = {}
         for split in SPLITS:
             lo, hi = bounds[split]
-            ends = slice(lo + data.context_len - 1, hi)  # the last day of each complete window
+            ends = window_ends(lo, hi, data.context_len, breaks)  # the last day of each complete window
             per_split[split] = {
                 "start": lo,
                 "stop": hi,
                 "first_date": dates.iloc[lo],
                 "last_date": dates.iloc[hi - 1],
                 "rows": hi - lo,
-                "windows": windows_per_split(bounds, data.context_len)[split],
+                "windows": len(ends),
                 "positive_rate": round(float(frame[col].iloc[ends].mean()), 6),
             }
         splits[f"h{h}"] = per_split
@@ -102,8 +106,13 @@ def build_tier(
         "gap": data.gap,
         "fractions": data.split.as_dict(),
         "base_columns": list(BASE_COLUMNS),
+        "stationary_columns": list(STATIONARY_COLUMNS),
         "engineered_columns": engineered,
-        "feature_columns": [*BASE_COLUMNS, *engineered],
+        "feature_columns": list(input_columns(tier)),  # what the model and the baselines see
+        "max_gap_days": data.max_gap_days,
+        "allow_gaps": data.allow_gaps,
+        "gaps": [{"before": f"{g.before:%Y-%m-%d}", "after": f"{g.after:%Y-%m-%d}", "days": g.days} for g in gaps],
+        "breaks": breaks,
         "label_columns": {f"h{h}": col for h, col in zip(data.horizons, label_cols, strict=True)},
         "splits": splits,
     }

@@ -8,6 +8,9 @@ Two suites run against the tier written by ``tierhpo tiers``:
   infinities; dates strictly increasing and unique; OHLC consistency (low <= open, close
   <= high) and prices > 0; volume >= 0; labels in {0, 1}; enough rows for the context, the
   horizons and three splits.
+* ``labels`` on one row per tier date: every stored ``target_h{h}`` must equal the label
+  recomputed from the raw prices in ``data/raw`` (adjusted as ``tiers.use_adjusted`` says,
+  per gap-free segment), so an edited label fails here even after its md5 was re-recorded.
 * ``splits`` on a small table with one row per (horizon, split), recomputed from the parquet
   and the split file: the positive rate of each split within ``validate.positive_rate_*``,
   at least ``data.min_windows_per_split`` windows per split, and purge gaps of at least
@@ -36,6 +39,7 @@ import typer
 
 from common import atomic, config, paths
 from common.errors import TierHpoError
+from pipelines.ohlcv import read_raw
 from training.dataset import (
     DataConfig,
     check_tier,
@@ -44,7 +48,9 @@ from training.dataset import (
     read_tier_frame,
 )
 from training.features import BASE_COLUMNS, tier_features
-from training.labels import label_name
+from training.inputs import STATIONARY_COLUMNS, TiersConfig, adjusted
+from training.labels import label_name, labels_by_segment
+from training.splits import window_ends
 from training.validation_record import current_md5s, details_dir, summary_path
 from training.splits import SPLITS, minimum_rows
 
@@ -72,13 +78,13 @@ class ValidateConfig:
 
 
 def expected_columns(tier: str, horizons: list[int]) -> list[str]:
-    return ["date", *BASE_COLUMNS, *tier_features(tier), *(label_name(h) for h in horizons)]
+    return ["date", *BASE_COLUMNS, *STATIONARY_COLUMNS, *tier_features(tier), *(label_name(h) for h in horizons)]
 
 
 def table_expectations(tier: str, data: DataConfig) -> list:
     from great_expectations import expectations as gxe
 
-    features = list(tier_features(tier))
+    features = [*STATIONARY_COLUMNS, *tier_features(tier)]
     labels = [label_name(h) for h in data.horizons]
     columns = expected_columns(tier, data.horizons)
     need = minimum_rows(data.split.as_dict(), data.gap, data.context_len, data.min_windows_per_split)
@@ -112,22 +118,52 @@ def split_table(frame: pd.DataFrame, meta: dict[str, Any], data: DataConfig) -> 
         if key not in meta.get("splits", {}):
             raise TierHpoError(f"split file has no horizon {h}; rebuild the tier (tierhpo tiers)")
         prev_stop = None
+        breaks = [int(b) for b in meta.get("breaks", [])]
         for split in SPLITS:
             b = meta["splits"][key][split]
             lo, hi = int(b["start"]), int(b["stop"])
             column = frame[label_name(h)] if label_name(h) in frame else pd.Series(dtype=float)  # missing: schema fails
-            labels = column.iloc[lo + data.context_len - 1 : hi]
+            ends = window_ends(lo, hi, data.context_len, breaks)
+            labels = column.iloc[ends[ends < len(column)]]
             rows.append({
                 "horizon": h,
                 "split": split,
                 "start": lo,
                 "stop": hi,
-                "windows": max(0, hi - lo - data.context_len + 1),
+                "windows": len(ends),
                 "positive_rate": float(labels.mean()) if len(labels) else float("nan"),
                 "gap_before": lo - prev_stop if prev_stop is not None else -1,
             })
             prev_stop = hi
     return pd.DataFrame(rows)
+
+
+def label_table(frame: pd.DataFrame, raw: pd.DataFrame, data: DataConfig, use_adjusted: bool) -> pd.DataFrame:
+    """Per tier date: each stored label beside the same label recomputed from ``data/raw``.
+
+    The recomputation is the tier builder's own rule (``training.labels.labels_by_segment``
+    on the adjusted raw prices, per gap-free segment); a date the raw file lacks, or a label
+    that would look across a gap, recomputes as -1 and fails.
+    """
+    base = adjusted(raw, use_adjusted)
+    fresh = labels_by_segment(base, data.horizons, data.threshold, data.max_gap_days)
+    dates = pd.to_datetime(frame["date"]).to_numpy()
+    fresh = fresh.reindex(dates)
+    out = {"date": frame["date"].to_numpy()}
+    for h in data.horizons:
+        col = label_name(h)
+        out[col] = frame[col].to_numpy() if col in frame else -2
+        out[f"{col}_from_raw"] = fresh[col].fillna(-1).astype("int64").to_numpy()
+    return pd.DataFrame(out)
+
+
+def label_expectations(data: DataConfig) -> list:
+    from great_expectations import expectations as gxe
+
+    return [
+        gxe.ExpectColumnPairValuesToBeEqual(column_A=label_name(h), column_B=f"{label_name(h)}_from_raw")
+        for h in data.horizons
+    ]
 
 
 def split_expectations(data: DataConfig, cfg: ValidateConfig) -> list:
@@ -266,9 +302,11 @@ def validate_tier(symbol: str, tier: str, data: DataConfig, cfg: ValidateConfig)
     frame = read_tier_frame(parquet)
     if meta.get("n_rows") != len(frame) or meta.get("tier") != tier:
         raise TierHpoError(f"{paths.splits_path(symbol, tier).name} does not describe {parquet.name}; rebuild the tier")
+    use_adjusted = config.load(TiersConfig, "tiers").use_adjusted
     batches = {
         "table": (frame, table_expectations(tier, data), ["date"]),
         "splits": (split_table(frame, meta, data), split_expectations(data, cfg), ["horizon", "split"]),
+        "labels": (label_table(frame, read_raw(symbol), data, use_adjusted), label_expectations(data), ["date"]),
     }
     details = details_dir(symbol, tier)
     details.parent.mkdir(parents=True, exist_ok=True)

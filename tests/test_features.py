@@ -20,9 +20,9 @@ from training.features import (
     TIER_SIZES,
     WARMUP_ROWS,
     compute_features,
-    feature_table_markdown,
     tier_features,
 )
+from training.feature_docs import feature_table_markdown
 from training.labels import make_labels
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "features.md"

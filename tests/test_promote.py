@@ -207,7 +207,7 @@ def test_champion_loads_in_a_new_process_and_predicts(story, registry, tmp_path)
     code = (
         "import json, sys, pandas as pd, mlflow\n"
         f"m = mlflow.pyfunc.load_model('models:/{NAME}@champion')\n"
-        "print(json.dumps([float(p) for p in m.predict(pd.read_json(sys.argv[1], orient='split'))]))\n"
+        "print(json.dumps([float(p) for p in m.predict(pd.read_json(sys.argv[1], orient='split'))['probability']]))\n"
     )
     env = {**os.environ, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "windows.json")], cwd=tmp_path, env=env,

@@ -74,11 +74,11 @@ def test_one_window_and_a_batch_of_windows(tiny_model, saved_model):
     spec, _, net = tiny_model
     model = mlflow.pyfunc.load_model(str(saved_model))
     one = raw_rows(L)
-    p_one = np.asarray(model.predict(one))
+    p_one = model.predict(one)["probability"].to_numpy()
     np.testing.assert_allclose(p_one, expected(spec, net, one.to_numpy()[None]), rtol=1e-5)
 
     batch = pd.concat([raw_rows(L, seed=s).assign(**{WINDOW_ID: s}) for s in (7, 3, 5)], ignore_index=True)
-    p = np.asarray(model.predict(batch))
+    p = model.predict(batch)["probability"].to_numpy()
     ref = expected(spec, net, np.stack([raw_rows(L, seed=s).to_numpy() for s in (7, 3, 5)]))
     np.testing.assert_allclose(p, ref, rtol=1e-5)
     assert p.shape == (3,) and np.all((p >= 0) & (p <= 1))
@@ -89,7 +89,23 @@ def test_numpy_windows_give_the_same_answer(tiny_model, saved_model):
     model = TierHpoPyfunc()
     model.load(saved_model / "artifacts" / "spec.json", weights)
     windows = np.stack([raw_rows(L, seed=s).to_numpy() for s in range(4)])
-    np.testing.assert_allclose(model.predict(None, windows), expected(spec, net, windows), rtol=1e-5)
+    np.testing.assert_allclose(model.predict(None, windows)["probability"], expected(spec, net, windows), rtol=1e-5)
+
+
+def test_windows_far_outside_the_training_range_are_flagged_not_refused(tiny_model, saved_model):
+    spec, _, net = tiny_model
+    model = mlflow.pyfunc.load_model(str(saved_model))
+    normal = raw_rows(L, seed=1)
+    far = raw_rows(L, seed=2)
+    far.loc[3, "range_hl"] = 1.5 + 34 * 0.3  # |z| = 34, as raw prices of another market were
+    batch = pd.concat([normal.assign(**{WINDOW_ID: 0}), far.assign(**{WINDOW_ID: 1})], ignore_index=True)
+    out = model.predict(batch)
+    assert list(out.columns) == ["probability", "outside_training_range", "max_excess_z"]
+    assert out["outside_training_range"].tolist() == [False, True]
+    assert out["max_excess_z"].iloc[1] == pytest.approx(34.0)
+    assert out["max_excess_z"].iloc[0] < spec.z_limit
+    ref = expected(spec, net, np.stack([normal.to_numpy(), far.to_numpy()]))
+    np.testing.assert_allclose(out["probability"], ref, rtol=1e-5)  # still answered
 
 
 def test_bad_windows_are_refused_clearly(saved_model):
@@ -160,7 +176,8 @@ def test_registered_model_is_served_over_http(tiny_model, tmp_path):
             time.sleep(1)
         batch = pd.concat([raw_rows(L, seed=s).assign(**{WINDOW_ID: s}) for s in range(3)], ignore_index=True)
         answer = post_json(f"http://127.0.0.1:{port}/invocations", {"dataframe_split": batch.to_dict(orient="split")})
-        p = np.asarray(answer["predictions"], dtype=np.float64)
+        p = np.asarray([row["probability"] for row in answer["predictions"]], dtype=np.float64)
+        assert not any(row["outside_training_range"] for row in answer["predictions"])
         assert p.shape == (3,) and np.all((p >= 0) & (p <= 1))
         ref = expected(spec, net, np.stack([raw_rows(L, seed=s).to_numpy() for s in range(3)]))
         np.testing.assert_allclose(p, ref, rtol=1e-5)

@@ -69,8 +69,9 @@ def test_tier_files_columns_dtypes_and_rows(built, monkeypatch, capsys):
     raw = ingest.read_raw("SPY")
     frame = pd.read_parquet(paths.tier_path("SPY", "a50"))
     labels = [f"target_h{h}" for h in TINY_DATA["horizons"]]
-    assert list(frame.columns) == ["date", "open", "high", "low", "close", "volume", *tier_features("a50"), *labels]
-    assert frame.shape[1] - 1 - len(labels) == 55  # 5 base + 50 engineered feature columns
+    assert list(frame.columns) == ["date", "open", "high", "low", "close", "volume", "log_oc", "log_hc", "log_lc",
+                                   "log_ret", "log_vol_rel", *tier_features("a50"), *labels]
+    assert frame.shape[1] - 1 - len(labels) == 60  # 5 raw base + 5 stationary + 50 engineered columns
     assert (frame.drop(columns=["date", *labels]).dtypes == np.float64).all()
     assert (frame[labels].dtypes == np.int8).all() and frame[labels].isin([0, 1]).all(axis=None)
     assert not frame.isna().any(axis=None)
@@ -129,7 +130,8 @@ def test_load_tier_standardises_with_train_statistics_only(built, monkeypatch, c
     code, _, err = run_cli(monkeypatch, capsys, "tiers", "--tier", "a50")
     assert code == 0, err
     data = load_tier("SPY", "a50", 1)
-    assert data.n_features == 55 and data.feature_names[:5] == ("open", "high", "low", "close", "volume")
+    assert data.n_features == 55 and data.feature_names[:5] == ("log_oc", "log_hc", "log_lc", "log_ret", "log_vol_rel")
+    assert not {"open", "high", "low", "close", "volume"} & set(data.feature_names)  # raw levels never reach a model
     meta = json.loads(paths.splits_path("SPY", "a50").read_text())
     lo, hi = meta["splits"]["h1"]["train"]["start"], meta["splits"]["h1"]["train"]["stop"]
     train = data.features[lo:hi].astype(np.float64)

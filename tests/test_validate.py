@@ -38,9 +38,9 @@ def _rewrite(mutate) -> None:
 def test_a_good_tier_passes_and_unlocks_load_tier(tier, monkeypatch, capsys):
     code, out, err = run_cli(monkeypatch, capsys, "validate", "--tier", "a20")
     assert code == 0, err
-    assert "all 102 expectations passed" in out  # 98 on the table + 4 on the splits
+    assert "all 121 expectations passed" in out  # 113 on the table + 4 on the splits + 4 label recomputations
     summary = json.loads(summary_path("SPY", "a20").read_text())
-    assert summary["success"] and summary["expectations"]["table"]["evaluated_expectations"] == 98
+    assert summary["success"] and summary["expectations"]["table"]["evaluated_expectations"] == 113
     assert set(summary["positive_rate"]) == {"h1", "h2", "h3", "h5"}
     assert json.loads((details_dir("SPY", "a20") / "result.json").read_text())["success"] is True
     assert load_tier("SPY", "a20", 1, require_validated=True).n_features == 25

@@ -19,7 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from common.errors import TierHpoError
+from common import limits
+from common.errors import TierHpoError, shorten
+from training.splits import window_ends
 from training.validation_record import ensure_validated
 
 SPLITS = ("train", "val", "test")
@@ -53,10 +55,11 @@ class DataConfig:
     split: SplitFractions = field(default_factory=SplitFractions)
     purge_extra: int = 0  # rows added to the purge gap max(horizons) + context_len
     min_windows_per_split: int = 100
+    max_gap_days: int = limits.MAX_GAP_DAYS  # longer calendar gaps between rows: refused (training.gaps)
+    allow_gaps: bool = False  # true: keep them, drop every window and label that spans one
 
     def __post_init__(self) -> None:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.symbol):
-            raise TierHpoError(f"data.symbol: {self.symbol!r} must be letters, digits, '.', '_' or '-'")
+        check_symbol(self.symbol)
         for tier in self.tiers:
             check_tier(tier)
         if not self.horizons or min(self.horizons) < 1 or len(set(self.horizons)) != len(self.horizons):
@@ -67,6 +70,8 @@ class DataConfig:
             raise TierHpoError(f"data.context_len: must be >= 2, got {self.context_len}")
         if self.purge_extra < 0 or self.min_windows_per_split < 1:
             raise TierHpoError("data.purge_extra must be >= 0 and data.min_windows_per_split >= 1")
+        if self.max_gap_days < 1:
+            raise TierHpoError(f"data.max_gap_days: must be >= 1 calendar day, got {self.max_gap_days}")
 
     @property
     def gap(self) -> int:
@@ -80,9 +85,22 @@ def load_data_config(**overrides: Any) -> DataConfig:
     return config.load(DataConfig, "data", **overrides)
 
 
+def check_symbol(symbol: str) -> str:
+    """A symbol names files (data/raw/<symbol>.csv): short, letters, digits, '.', '_' or '-'."""
+    if not symbol:
+        raise TierHpoError("symbol is empty; give one such as SPY (--symbol or data.symbol)")
+    if len(symbol) > limits.MAX_SYMBOL_CHARS:
+        raise TierHpoError(
+            f"symbol {shorten(symbol)} is too long: at most {limits.MAX_SYMBOL_CHARS} characters (it names files)"
+        )
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", symbol):
+        raise TierHpoError(f"symbol {shorten(symbol)} must be letters, digits, '.', '_' or '-' (starting with a letter or digit)")
+    return symbol
+
+
 def check_tier(tier: str) -> str:
     if tier not in KNOWN_TIERS:
-        raise TierHpoError(f"unknown tier {tier!r}; choose one of {', '.join(KNOWN_TIERS)}")
+        raise TierHpoError(f"unknown tier {shorten(tier)}; choose one of {', '.join(KNOWN_TIERS)}")
     return tier
 
 
@@ -112,8 +130,12 @@ class TierData:
         bounds: dict[str, tuple[int, int]],
         tier: str = "",
         symbol: str = "",
+        breaks: tuple[int, ...] | list[int] = (),
     ) -> TierData:
-        """Build from raw (unscaled) rows; ``bounds[split] = (start, stop)`` are half-open row ranges."""
+        """Build from raw (unscaled) rows; ``bounds[split] = (start, stop)`` are half-open row ranges.
+
+        ``breaks``: rows that start a new segment after a calendar gap; windows spanning one are dropped.
+        """
         raw = np.asarray(raw_features, dtype=np.float64)
         if raw.ndim != 2 or len(raw) != len(labels) or len(raw) != len(dates):
             raise ValueError("features (N, F), labels (N,) and dates (N,) must agree in N")
@@ -127,8 +149,7 @@ class TierData:
         split_ends = {}
         for split in SPLITS:
             lo, hi = bounds[split]
-            first_end = lo + context_len - 1
-            split_ends[split] = np.arange(first_end, hi, dtype=np.int64)
+            split_ends[split] = window_ends(lo, hi, context_len, breaks)
         return cls(
             features=((raw - mean) / std).astype(np.float32),
             labels=np.asarray(labels, dtype=np.float32),
@@ -213,8 +234,10 @@ def load_tier(
 ) -> TierData:
     """Tier ``tier`` at ``horizon`` as a ``TierData``, with the splits recorded by ``tierhpo tiers``.
 
-    Features are the 5 OHLCV base columns (unless ``include_base=False``) followed by the
-    tier's engineered features, standardised with training-split statistics. ``context_len``
+    Features are ``training.inputs.input_columns(tier)``: the 5 stationary forms of the OHLCV bar
+    (unless ``include_base=False``) followed by the tier's engineered features, standardised with
+    training-split statistics. The raw price and volume levels stay in the parquet and never
+    reach a model. ``context_len``
     defaults to the one the dataset was built with; a longer one is refused when the window
     plus the horizon would no longer fit in the recorded purge gap. ``require_validated``
     refuses a dataset that the Great Expectations suite has not passed in its current form.
@@ -238,7 +261,14 @@ def load_tier(
     if require_validated:
         ensure_validated(symbol, tier)
     path = paths.tier_path(symbol, tier)
-    columns = list(meta["feature_columns"] if include_base else meta["engineered_columns"])
+    from training.inputs import STATIONARY_COLUMNS, input_columns
+
+    wanted = input_columns(tier)
+    if list(meta["feature_columns"]) != list(wanted):
+        raise TierHpoError(
+            f"{symbol}_{tier} was built with other input columns (raw price levels?); rebuild it: tierhpo tiers --tier {tier}"
+        )
+    columns = list(wanted if include_base else wanted[len(STATIONARY_COLUMNS):])
     label = meta["label_columns"][key]
     frame = read_tier_frame(path, columns=["date", *columns, label])
     if len(frame) != meta["n_rows"]:
@@ -254,4 +284,5 @@ def load_tier(
         bounds,
         tier=tier,
         symbol=symbol,
+        breaks=tuple(int(b) for b in meta.get("breaks", [])),
     )

@@ -4,7 +4,7 @@
 are a50, all 100 are a100. Each entry carries its formula and its *lookback*: the number of
 rows, day t included, that the feature needs before it has a value (tests check that the
 first non-null row of every feature is exactly ``lookback - 1``). ``docs/features.md`` is
-generated from the registry (``python -m training.features``).
+generated from the registry (``python -m training.features``, see ``training.feature_docs``).
 
 Causality: every value at day t uses rows 0..t only: trailing rolling windows, ``diff`` and
 ``shift`` with positive lags, and recursive EWMs (``adjust=False``), which depend only on the
@@ -400,38 +400,7 @@ def compute_features(ohlcv: pd.DataFrame) -> pd.DataFrame:
     return out.astype(np.float64)
 
 
-def feature_table_markdown() -> str:
-    """The feature table of docs/features.md, generated from the registry."""
-    lines = [
-        "# Features",
-        "",
-        "Generated from `training/features.py` (`python -m training.features > docs/features.md`);",
-        "a test keeps this file in sync with the code.",
-        "",
-        "Every tier dataset has the 5 OHLCV base columns (`open, high, low, close, volume`) plus the",
-        f"tier's engineered features: a20 = the first 20 rows below, a50 = the first 50, a100 = all {len(FEATURES)}.",
-        "All features are strictly causal: the value at day t uses rows up to and including t only.",
-        "*Window* is the lookback: the number of rows (day t included) a feature needs before its first",
-        "value (for EWM features, its `min_periods`; the recursion itself starts at the first row);",
-        f"the first {WARMUP_ROWS} rows (the largest lookback − 1) are dropped from every tier as warm-up,",
-        "so all tiers share the same rows, dates and splits.",
-        "",
-        "Notation: O, H, L, C, V = open, high, low, close, volume of day t; r_t = ln(C_t / C_{t−1});",
-        "mean_w, std_w (ddof 1), max_w, min_w, var_w, Σ_w are trailing windows of w rows ending at t;",
-        "EWM_a is the recursive exponential average x̄_t = a·x_t + (1 − a)·x̄_{t−1} (pandas `adjust=False`);",
-        "TP = (H + L + C) / 3; TR = max(H − L, |H − C_{t−1}|, |L − C_{t−1}|); RS = Rogers–Satchell term.",
-        "Volatilities are annualised with 252 days. Ratios with a zero denominator (flat data) take the",
-        "stated neutral value instead of ±inf.",
-        "",
-        "| # | tier | name | family | formula | window |",
-        "|---|------|------|--------|---------|--------|",
-    ]
-    for i, feat in enumerate(FEATURES, start=1):
-        tier = next(t for t, n in TIER_SIZES.items() if i <= n)
-        formula = feat.formula.replace("|", "\\|")
-        lines.append(f"| {i} | {tier} | `{feat.name}` | {feat.family} | {formula} | {feat.lookback} |")
-    return "\n".join(lines) + "\n"
-
-
 if __name__ == "__main__":
+    from training.feature_docs import feature_table_markdown
+
     print(feature_table_markdown(), end="")

@@ -29,3 +29,23 @@ def make_labels(high: pd.Series, close: pd.Series, horizons: Sequence[int], thre
         hit = (future_max >= close * (1.0 + threshold)).astype(np.float64)
         out[label_name(h)] = hit.where(future_max.notna())
     return pd.DataFrame(out, index=high.index)
+
+
+def labels_by_segment(
+    ohlcv: pd.DataFrame, horizons: Sequence[int], threshold: float, max_gap_days: int
+) -> pd.DataFrame:
+    """``make_labels`` computed separately on every gap-free segment (``training.gaps``), indexed by date.
+
+    What the tier builder does, recomputed from the raw prices: the validate stage compares it
+    with the labels stored in the tier parquet. A label never looks across a gap (it is NaN there).
+    """
+    from training.gaps import segment_ids
+
+    base = ohlcv.reset_index(drop=True)
+    parts = [
+        make_labels(part["high"], part["close"], horizons, threshold)
+        for _, part in base.groupby(segment_ids(base["date"], max_gap_days), sort=True)
+    ]
+    out = pd.concat(parts).sort_index()
+    out.index = pd.to_datetime(base["date"]).to_numpy()
+    return out

@@ -10,14 +10,22 @@ It carries three things, all as plain data (nothing is unpickled when it loads):
 It is logged as an MLflow *model from code*: this file is the model's code and ends with
 ``mlflow.models.set_model(...)``. MLflow 3 refuses to unpickle a cloudpickled ``PythonModel``
 by default; from code, loading runs this file and reads the two artifacts, nothing else. The
-``training``, ``evaluation`` and ``pipelines`` packages travel with the model (``code_paths``),
+``common``, ``training``, ``evaluation`` and ``pipelines`` packages travel with the model (``code_paths``),
 so it loads with the code it was trained with, in any process that has the dependencies.
 
 Input (signature): a DataFrame of *raw* (unscaled) tier features, one column per feature, one row
 per day, oldest first. Without a ``window_id`` column the frame is one window of exactly
 ``context_len`` rows; with it, rows are grouped by ``window_id`` (in order of first appearance)
-and each group is one window of ``context_len`` rows. Output: one calibrated probability in
-[0, 1] per window.
+and each group is one window of ``context_len`` rows. Output: one row per window with
+
+* ``probability``: the calibrated probability in [0, 1];
+* ``max_excess_z``: the window's largest |z| = |x - mean| / std over every day and feature,
+  in training-split standard deviations (how far the input strays from what the model saw);
+* ``outside_training_range``: ``max_excess_z > spec.z_limit`` (default
+  ``common.limits.SERVING_Z_LIMIT`` = 12: the default a50 tier's own training windows reach
+  12.2 at most, its val and test windows 6.4 and 11.9, while raw-price inputs from another
+  market reached 34). A flagged window still gets its probability: the guard is a flag column,
+  never an error, so a batch is not lost to one extreme day; callers decide what to do with it.
 """
 
 from __future__ import annotations
@@ -35,6 +43,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, Schema
+
+from common import limits
 
 WINDOW_ID = "window_id"
 SPEC_ARTIFACT, WEIGHTS_ARTIFACT = "spec", "weights"
@@ -54,6 +64,7 @@ class ServingSpec:
     calibrator: dict[str, Any]
     info: dict[str, Any] = field(default_factory=dict)  # tier, budget, horizon, ... (informational)
     format: int = SPEC_FORMAT
+    z_limit: float = limits.SERVING_Z_LIMIT  # |z| above this flags a window outside_training_range
 
     def __post_init__(self) -> None:
         n = len(self.feature_names)
@@ -77,7 +88,9 @@ class ServingSpec:
 
 def signature(feature_names: list[str] | tuple[str, ...]) -> ModelSignature:
     inputs = Schema([ColSpec("double", name) for name in feature_names] + [ColSpec("long", WINDOW_ID, required=False)])
-    return ModelSignature(inputs=inputs, outputs=Schema([ColSpec("double")]))
+    outputs = Schema([ColSpec("double", "probability"), ColSpec("boolean", "outside_training_range"),
+                      ColSpec("double", "max_excess_z")])
+    return ModelSignature(inputs=inputs, outputs=outputs)
 
 
 def windows_from_frame(frame: pd.DataFrame, feature_names: list[str], context_len: int) -> np.ndarray:
@@ -145,7 +158,20 @@ class TierHpoPyfunc(mlflow.pyfunc.PythonModel):
                 )
         else:
             windows = windows_from_frame(pd.DataFrame(model_input), self.spec.feature_names, self.spec.context_len)
-        return self.calibrator.apply(self.logits(np.asarray(windows, dtype=np.float64)))
+        windows = np.asarray(windows, dtype=np.float64)
+        probability = self.calibrator.apply(self.logits(windows))
+        excess = self.max_excess_z(windows)
+        return pd.DataFrame({
+            "probability": np.asarray(probability, dtype=np.float64),
+            "outside_training_range": excess > float(self.spec.z_limit),
+            "max_excess_z": excess,
+        })
+
+    def max_excess_z(self, windows: np.ndarray) -> np.ndarray:
+        """(B,) largest |z| of each raw window ``(B, L, F)`` under the training-split standardisation."""
+        if not len(windows):
+            return np.empty(0)
+        return np.abs((windows - self.mean) / self.std).max(axis=(1, 2))
 
 
 def input_example(spec: ServingSpec) -> pd.DataFrame:
@@ -164,7 +190,7 @@ def write_artifacts(directory: Path, spec: ServingSpec, weights: Path) -> dict[s
 def code_paths() -> list[str]:
     """The project packages the served model imports (shipped with it, see the module doc)."""
     root = Path(__file__).resolve().parents[1]
-    return [str(root / pkg) for pkg in ("training", "evaluation", "pipelines")]
+    return [str(root / pkg) for pkg in ("common", "training", "evaluation", "pipelines")]
 
 
 def pip_requirements() -> list[str]:

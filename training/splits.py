@@ -13,7 +13,9 @@ split only if all its days lie inside that split's range (see ``TierData.from_ar
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+
+import numpy as np
 
 from common.errors import TierHpoError
 
@@ -37,13 +39,13 @@ def split_bounds(n_rows: int, fractions: Mapping[str, float], gap: int) -> Bound
     return {"train": train, "val": val, "test": test}
 
 
-def windows_per_split(bounds: Bounds, context_len: int) -> dict[str, int]:
-    """How many complete ``context_len`` windows each split holds."""
-    return {s: max(0, hi - lo - context_len + 1) for s, (lo, hi) in bounds.items()}
+def windows_per_split(bounds: Bounds, context_len: int, breaks: Sequence[int] = ()) -> dict[str, int]:
+    """How many complete ``context_len`` windows (spanning no break) each split holds."""
+    return {s: len(window_ends(lo, hi, context_len, breaks)) for s, (lo, hi) in bounds.items()}
 
 
-def check_bounds(bounds: Bounds, context_len: int, min_windows: int) -> None:
-    counts = windows_per_split(bounds, context_len)
+def check_bounds(bounds: Bounds, context_len: int, min_windows: int, breaks: Sequence[int] = ()) -> None:
+    counts = windows_per_split(bounds, context_len, breaks)
     short = {s: n for s, n in counts.items() if n < min_windows}
     if short:
         detail = ", ".join(f"{s} {n}" for s, n in short.items())
@@ -60,3 +62,16 @@ def minimum_rows(fractions: Mapping[str, float], gap: int, context_len: int, min
     while min(windows_per_split(split_bounds(n, fractions, gap), context_len).values()) < min_windows:
         n += 1
     return n
+
+
+def window_ends(lo: int, hi: int, context_len: int, breaks: Sequence[int] = ()) -> np.ndarray:
+    """Last-day rows ``t`` of every complete window inside ``[lo, hi)`` that spans no break.
+
+    ``breaks`` are the rows where a new segment starts (after a calendar gap, see
+    ``training.gaps``); a window ``t - context_len + 1 .. t`` containing a break row other
+    than its first is dropped.
+    """
+    ends = np.arange(lo + context_len - 1, hi, dtype=np.int64)
+    for b in breaks:
+        ends = ends[~((ends - context_len + 1 < b) & (b <= ends))]
+    return ends

@@ -62,6 +62,7 @@ def ensure_validated(symbol: str, tier: str) -> dict[str, Any]:
         summary.get(k) != v for k, v in current.items()
     ):
         raise TierHpoError(
-            f"{symbol}_{tier} changed since it was validated; run `tierhpo validate --tier {tier}` (or `dvc repro`)"
+            f"{symbol}_{tier} changed since it was validated; rebuild it from data/raw with "
+            f"`tierhpo tiers --tier {tier}` and then `tierhpo validate --tier {tier}` (or `dvc repro validate@{tier}`)"
         )
     return summary
