@@ -1,0 +1,53 @@
+"""The seed-aware comparison and the verdict words, on synthetic scores with a known truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from evaluation.seed_bootstrap import Comparison
+from evaluation.selection import mcs_set
+from evaluation.verdicts import tier_verdict
+
+
+def _scores(y: np.ndarray, skill: float, seeds: int, rng: np.random.Generator) -> np.ndarray:
+    """(seeds, days) probabilities whose AUC grows with ``skill``; each seed adds its own noise."""
+    logit = skill * (2 * y - 1) + rng.normal(size=(seeds, y.size))
+    return 1 / (1 + np.exp(-logit))
+
+
+def _comparison(skills: dict[str, float], days: int = 750, seed: int = 0) -> Comparison:
+    rng = np.random.default_rng(seed)
+    y = (rng.random(days) < 0.2).astype(int)
+    scores = {name: _scores(y, skill, 3, rng) for name, skill in skills.items()}
+    return Comparison(y, scores, n_boot=300, seed=seed)
+
+
+def test_a_real_gap_is_detected_and_no_gap_is_not():
+    cmp = _comparison({"strong": 1.5, "weak": 0.3, "weak_twin": 0.3})
+    gap = cmp.diff("strong", "weak")
+    assert gap.estimate > 0 and gap.low > 0 and gap.p_value < 0.05
+    assert cmp.diff("weak", "weak_twin").low < 0 < cmp.diff("weak", "weak_twin").high
+    assert cmp.auc("strong").low < cmp.point("strong") < cmp.auc("strong").high
+
+
+def test_the_block_length_is_computed_once_so_the_same_auc_gets_the_same_interval():
+    cmp = _comparison({"a": 1.0, "b": 0.5})
+    first, block = cmp.auc("a"), cmp.block_length
+    assert cmp.auc("a") == first and cmp.block_length == block >= 1
+
+
+def test_tier_words_follow_the_signal():
+    assert tier_verdict(_comparison({"a20": 0.3, "a50": 1.2, "a100": 1.2}), ("a20", "a50", "a100")).word == (
+        "more features help"
+    )
+    assert tier_verdict(_comparison({"a20": 0.8, "a50": 0.8, "a100": 0.8}), ("a20", "a50", "a100")).word == (
+        "inconclusive"
+    )
+
+
+def test_the_model_confidence_set_keeps_the_best_and_drops_the_clearly_worse():
+    cmp = _comparison({"best": 1.5, "noise": 0.0})
+    kept = mcs_set(cmp.losses(["best", "noise"]), block=cmp.block_length, reps=300)
+    assert kept == ["best"]
+    assert isinstance(cmp.losses(["best"]), pd.DataFrame)
