@@ -51,6 +51,8 @@ from scipy import stats
 from scipy.optimize import curve_fit
 from statsmodels.stats.multitest import multipletests
 
+from evaluation.auc import placements, rank_auc  # one home (evaluation/auc.py); callers still import them from here
+
 Method = Literal["stationary", "circular", "delong"]
 METHODS: tuple[str, ...] = ("stationary", "circular", "delong")
 
@@ -86,35 +88,6 @@ def _check_inputs(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nda
     if n_pos == 0 or n_pos == len(y):
         raise ValueError("AUC needs both classes in the labels")
     return y, s
-
-
-def rank_auc(y: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """AUC along the last axis: ``y`` and ``scores`` of shape (..., n) -> (...,); NaN for one class.
-
-    Mann-Whitney form with averaged ranks, identical to ``roc_auc_score`` including ties.
-    """
-    y = np.asarray(y, dtype=np.float64)
-    ranks = stats.rankdata(scores, axis=-1)  # (..., n), ties averaged
-    n_pos = y.sum(axis=-1)
-    n_neg = y.shape[-1] - n_pos
-    u = (ranks * y).sum(axis=-1) - n_pos * (n_pos + 1) / 2
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
-
-
-def placements(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """DeLong placement values: (V10 for each positive day, V01 for each negative day), in time order.
-
-    V10_i = share of negatives that positive i outranks (ties count 1/2); V01_j = share of
-    positives that outrank negative j. ``mean(V10) == mean(V01) == AUC``.
-    """
-    y = np.asarray(y, dtype=bool)
-    p = np.asarray(p, dtype=np.float64)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    r_all = stats.rankdata(p)
-    v10 = (r_all[y] - stats.rankdata(p[y])) / n_neg
-    v01 = 1.0 - (r_all[~y] - stats.rankdata(p[~y])) / n_pos
-    return v10, v01
 
 
 def placement_series(y: np.ndarray, p: np.ndarray) -> np.ndarray:
