@@ -98,8 +98,9 @@ def main(
     import optuna
     import torch
 
+    from common.redact import redact
     from training.search.results import write_outputs
-    from training.search.study import WorkerSettings, redact, run_study
+    from training.search.study import WorkerSettings, run_study
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)

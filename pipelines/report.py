@@ -40,7 +40,8 @@ import numpy as np
 import pandas as pd
 import typer
 
-from evaluation import hpo_analysis, plots, stats
+from evaluation import plots, stats
+from training.search import analysis as hpo_analysis
 from common import atomic, config, paths, provenance
 from common.errors import TierHpoError
 
@@ -163,7 +164,8 @@ def open_storage() -> Any:
     import optuna
     from sqlalchemy.engine import make_url
 
-    from training.search.storage_checks import check_storage_reachable, normalize_storage_url, redact_url
+    from common.redact import redact as redact_url
+    from training.search.storage import check_storage_reachable, normalize_storage_url
 
     raw = paths.optuna_storage_url()
     url = normalize_storage_url(raw)
@@ -182,7 +184,7 @@ def open_storage() -> Any:
 def load_studies(tier: str, horizon: int) -> list[Study]:
     import optuna
 
-    from training.search.storage_checks import redact_url
+    from common.redact import redact as redact_url
 
     root = paths.results_dir() / "hpo" / tier
     best_paths = sorted(root.glob(f"*/h{horizon}/best.json"))

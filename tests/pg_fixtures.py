@@ -182,7 +182,7 @@ def mlflow_server(backend_url: str, artifacts: Path, log: Path | None = None) ->
 def hold_study_lock(url: str, name: str, ready, release) -> None:
     """Child-process target for the lock tests (here, not in the test module, so that a spawned
     child imports only this light module)."""
-    from training.search.storage_checks import study_lock
+    from training.search.storage import study_lock
 
     with study_lock(url, name):
         ready.set()

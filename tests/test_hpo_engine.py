@@ -37,7 +37,8 @@ from training.search import waste
 from training.search.objective import owner_gone, process_start, worker_info
 from training.search.results import write_outputs
 from training.search.space import ParamConfig, SearchSpace
-from training.search.study import _hpo_view, open_study, run_study
+from training.search.study import open_study, run_study
+from training.search.worker import _hpo_view
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

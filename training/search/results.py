@@ -26,8 +26,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from common import atomic, provenance
 from common.errors import TierHpoError
+from common.redact import redact
 from training.budget import parse_budget
 from training.search import waste
+from training.search.analysis import param_importance  # the one importance computation (PED-ANOVA)
 from training.search.tracking import RUN_ATTR
 
 log = logging.getLogger(__name__)
@@ -139,17 +141,16 @@ def _plots(study: optuna.Study, folder: Path) -> tuple[dict[str, Path], dict[str
                 out[name] = path
             except (ValueError, RuntimeError, ZeroDivisionError, IndexError) as exc:
                 log.warning("skipping the %s plot: %s", name, exc)
-        try:
-            importances = {k: float(v) for k, v in optuna.importance.get_param_importances(study).items()}
-        except (ValueError, RuntimeError, ZeroDivisionError, IndexError) as exc:
-            log.warning("no parameter importances yet: %s", exc)
+    found = param_importance(study)
+    if found["available"]:
+        importances = found["importances"]
+    else:
+        log.warning("no parameter importances yet: %s", found["reason"])
     return out, importances
 
 
 def finalize_study(handle: Any, n_trials: int, *, plots: bool = True, status: str = "FINISHED") -> StudyResult:
     """Summarise the study into the parent run and return what the outputs are written from."""
-    from training.search.study import redact
-
     study, tracking, spec = handle.study, handle.tracking, handle.spec
     trials = study.get_trials(deepcopy=False)
     best = select_best(trials)

@@ -2,7 +2,7 @@
 
 There is no scheduler here. The coordination is Optuna's RDB storage (PostgreSQL for several
 machines) plus the engine's worker loop (``training.search.study.run_worker``): each worker,
-under a per-study lock (``storage_checks.study_lock``: a PostgreSQL advisory lock, or ``flock``
+under a per-study lock (``storage.study_lock``: a PostgreSQL advisory lock, or ``flock``
 beside a SQLite file), fails dead trials, checks the budget and asks for a trial, so
 
 * the trial budget is exact across all workers (COMPLETE + RUNNING never exceeds ``n_trials``),
@@ -37,21 +37,23 @@ import logging
 import multiprocessing as mp
 import os
 import pickle
-import random
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
 
 from common.errors import TierHpoError
-from training.search import storage_checks as sc
+from common.redact import redact
+from training.search import storage as sc
+from training.search.reconnect import Backoff, LockTimer, is_connection_loss, storage_down, wait_for_storage
 
 if TYPE_CHECKING:
     from training.dataset import TierData
-    from training.search.study import StudySpec, WorkerReport, WorkerSettings
+    from training.search.spec import StudySpec
+    from training.search.worker import WorkerReport, WorkerSettings
 
 log = logging.getLogger(__name__)
 
@@ -109,93 +111,6 @@ def pin_process(plan: WorkerPlan) -> None:
         torch.set_num_interop_threads(1)
 
 
-# ---------------------------------------------------------------------- faults
-
-
-def is_connection_loss(exc: BaseException) -> bool:
-    """Whether ``exc`` (or its cause/context chain) says a database or tracking server went away."""
-    import optuna.exceptions
-    import sqlalchemy.exc
-
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
-                                optuna.exceptions.StorageInternalError, ConnectionError)):
-            return True
-        if isinstance(current, sqlalchemy.exc.DBAPIError) and current.connection_invalidated:
-            return True
-        text = str(current)
-        if type(current).__name__ == "MlflowException" and ("Max retries exceeded" in text
-                                                           or "Connection refused" in text):
-            return True  # the MLflow client already retried with its own backoff
-        current = current.__cause__ or current.__context__
-    return False
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential backoff with jitter between reconnection attempts."""
-
-    tries: int = 8
-    first_s: float = 1.0
-    max_s: float = 60.0
-
-    def delays(self) -> Iterator[float]:
-        for attempt in range(self.tries):
-            base = min(self.max_s, self.first_s * 2 ** attempt)
-            yield base * random.uniform(0.5, 1.0)  # jitter: workers do not reconnect in lockstep
-
-
-def wait_for_storage(url: str, backoff: Backoff, echo: Callable[[str], None], why: str) -> None:
-    """Probe the storage until it answers; raise ``TierHpoError`` once ``backoff`` is exhausted."""
-    last = why
-    for delay in backoff.delays():
-        echo(f"storage {sc.redact_url(url)} unavailable ({last}); retrying in {delay:.1f} s")
-        time.sleep(delay)
-        try:
-            sc.check_storage_reachable(url)
-            return
-        except sc.StorageUnavailable as exc:
-            last = str(exc)
-    raise TierHpoError(
-        f"lost the study storage {sc.redact_url(url)} and it did not come back after {backoff.tries} tries "
-        f"({last}); the study is intact: its running trials are re-queued by heartbeat, run the same "
-        "command again when the database is back"
-    )
-
-
-class LockTimer:
-    """Seconds spent taking and giving back the study lock (storage overhead the engine's own
-    timers do not see: it takes the lock before starting them)."""
-
-    def __init__(self, factory: Callable[[], contextlib.AbstractContextManager]) -> None:
-        self.factory, self.seconds, self.count = factory, 0.0, 0
-
-    @contextlib.contextmanager
-    def __call__(self) -> Iterator[None]:
-        start = time.perf_counter()
-        with self.factory():
-            self.seconds += time.perf_counter() - start
-            self.count += 1
-            try:
-                yield
-            finally:
-                released = time.perf_counter()
-        self.seconds += time.perf_counter() - released  # not reached on an exception: fine for a timer
-
-
-def _storage_down(url: str) -> bool:
-    try:
-        sc.check_storage_reachable(url)
-    except sc.StorageUnavailable:
-        return True
-    except TierHpoError:
-        return False
-    return False
-
-
 def run_worker_resilient(spec: StudySpec, data: TierData, n_trials: int, url: str, *,
                          settings: WorkerSettings, worker_index: int, backoff: Backoff,
                          echo: Callable[[str], None], lock: LockTimer | None = None) -> list[WorkerReport]:
@@ -225,14 +140,14 @@ def run_worker_resilient(spec: StudySpec, data: TierData, n_trials: int, url: st
             why = str(exc)
         except TierHpoError as exc:
             # the engine reports a storage it cannot open as TierHpoError: retry only if it is down
-            if not _storage_down(url):
+            if not storage_down(url):
                 raise
             why = str(exc)
         except Exception as exc:
             if not is_connection_loss(exc):
                 raise
             text = str(getattr(exc, "orig", None) or exc).strip()
-            why = sc.redact_text(text.splitlines()[0] if text else type(exc).__name__)
+            why = redact(text.splitlines()[0] if text else type(exc).__name__)
         wait_for_storage(url, backoff, echo, why)
 
 
@@ -267,7 +182,7 @@ def _worker_main(plan: WorkerPlan, env: dict[str, str], payload: bytes, conn: Co
                                        worker_index=plan.index, backoff=work["backoff"], echo=echo, lock=lock)
         code = EXIT_OK
     except TierHpoError as exc:
-        code, message = EXIT_ERROR, sc.redact_text(str(exc))
+        code, message = EXIT_ERROR, redact(str(exc))
         echo(f"error: {message}")
     except KeyboardInterrupt:
         code, message = EXIT_INTERRUPTED, "interrupted"
@@ -275,7 +190,7 @@ def _worker_main(plan: WorkerPlan, env: dict[str, str], payload: bytes, conn: Co
         import traceback
 
         traceback.print_exc()
-        code, message = EXIT_BUG, sc.redact_text(f"{type(exc).__name__}: {str(exc).strip()[:300]}")
+        code, message = EXIT_BUG, redact(f"{type(exc).__name__}: {str(exc).strip()[:300]}")
     finally:
         with contextlib.suppress(Exception):
             conn.send((code, message, reports, lock.seconds if lock else 0.0))
@@ -313,62 +228,6 @@ class WorkersReport:
         return [e for e in self.exits if e.exitcode != EXIT_OK]
 
 
-def _identity_diff(stored: dict[str, Any], ours: dict[str, Any]) -> list[str]:
-    keys = sorted(k for k in set(stored) | set(ours) if stored.get(k) != ours.get(k))
-    out = []
-    for key in keys:
-        a, b = stored.get(key), ours.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            inner = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-            out.append(f"{key} ({', '.join(map(str, inner[:6]))})" if inner else key)
-        else:
-            out.append(key)
-    return out
-
-
-def check_joinable(spec: StudySpec, url: str) -> None:
-    """For a worker that must join an existing study (``--join``): raise unless ``spec``'s study
-    exists in ``url``. When it does not, name the sibling studies (same tier, budget, horizon)
-    and what differs from each. Reads only: creates no table, no study."""
-    import json
-
-    import optuna
-    import sqlalchemy
-
-    from training.search.study import SPEC_ATTR
-
-    name = spec.study_name
-    engine = sc._engine(url)
-    try:
-        has_tables = sqlalchemy.inspect(engine).has_table("studies")
-    except sqlalchemy.exc.SQLAlchemyError as exc:
-        raise sc.connection_error(url, exc) from None
-    finally:
-        engine.dispose()
-    where = sc.redact_url(url)
-    if not has_tables:
-        raise TierHpoError(f"--join: {where} holds no Optuna study yet; start the first workers without --join")
-    storage = optuna.storages.RDBStorage(url, skip_table_creation=True)
-    try:
-        if sc.study_exists(storage, name):
-            return
-        prefix = name.rsplit("-", 1)[0] + "-"
-        ours = json.loads(json.dumps(spec.identity(), default=str))
-        siblings = [s for s in storage.get_all_studies() if s.study_name.startswith(prefix)]
-        if not siblings:
-            raise TierHpoError(f"--join: no study {prefix}* in {where}; start the first workers without --join")
-        sibling = max(siblings, key=lambda s: s._study_id)
-        diff = _identity_diff(sibling.user_attrs.get(SPEC_ATTR) or {}, ours)
-        raise TierHpoError(
-            f"--join: study {sibling.study_name} in {where} was created with a different "
-            f"{'search space' if any(d.startswith('space') for d in diff) else 'configuration'} "
-            f"(differs in: {'; '.join(diff) or 'unknown'}); use the params.yaml it was started with"
-        )
-    finally:
-        storage.remove_session()
-        storage.engine.dispose()
-
-
 def _stop(procs: list[mp.process.BaseProcess], timeout_s: float) -> None:
     """SIGTERM each live worker once (it ends its trial as KILLED and re-queues it), then SIGKILL."""
     for p in procs:
@@ -383,7 +242,7 @@ def _stop(procs: list[mp.process.BaseProcess], timeout_s: float) -> None:
             p.join(5)
 
 
-_PRELOAD = ["training.search.study", "training.search.results", "training.search.workers"]
+_PRELOAD = ["training.search.study", "training.search.worker", "training.search.results", "training.search.workers"]
 
 
 def _context() -> mp.context.BaseContext:
@@ -406,7 +265,7 @@ def spawn_workers(spec: StudySpec, data: TierData | Callable[[], TierData], n_tr
     procs: list[Any] = []
     exits: dict[int, WorkerExit] = {}
     pending: dict[Connection, tuple[WorkerPlan, Any]] = {}
-    from training.search.study import sigterm_as_interrupt  # lazy like the other engine imports
+    from training.search.liveness import sigterm_as_interrupt  # lazy like the other engine imports
 
     try:
         with sigterm_as_interrupt():
@@ -474,13 +333,15 @@ def run_workers(spec: StudySpec, data: TierData | Callable[[], TierData], n_tria
         raise TierHpoError(f"--trials must be >= 1, got {n_trials}")
     url = sc.check_storage_reachable(storage_url)
     if join:
+        from training.search.study import check_joinable  # lazy like the other engine imports
+
         check_joinable(spec, url)
     plans = plan_workers(n_workers, pin=pin_cpus, index_offset=index_offset, threads=threads_per_worker)
     sc.ensure_schema(url)
     lock = lambda: sc.study_lock(url, spec.study_name)  # noqa: E731
     # Open once here: identity checks, forced points, the MLflow parent run; errors stay one line.
     handle = open_study(spec, url, settings, worker_index=index_offset, lock=lock)
-    echo(f"study {spec.study_name} on {sc.redact_url(url)}: {n_workers} worker(s) x "
+    echo(f"study {spec.study_name} on {redact(url)}: {n_workers} worker(s) x "
          f"{plans[0].threads} thread(s), target {n_trials} complete trials")
     started = time.perf_counter()
     try:
@@ -498,7 +359,7 @@ def run_workers(spec: StudySpec, data: TierData | Callable[[], TierData], n_tria
     except Exception as exc:
         if not is_connection_loss(exc):
             raise
-        raise TierHpoError(f"study {spec.study_name}: its storage {sc.redact_url(url)} is unreachable after the "
+        raise TierHpoError(f"study {spec.study_name}: its storage {redact(url)} is unreachable after the "
                            f"workers stopped ({reasons}); run the same command again when it is back") from None
     if complete < n_trials:
         with contextlib.suppress(Exception):
@@ -527,5 +388,5 @@ def describe(report: WorkersReport) -> list[str]:
     return lines
 
 
-__all__ = ["Backoff", "WorkerPlan", "WorkersReport", "check_joinable", "describe", "is_connection_loss",
+__all__ = ["Backoff", "WorkerPlan", "WorkersReport", "describe", "is_connection_loss",
            "plan_workers", "run_workers", "run_worker_resilient", "wait_for_storage"]

@@ -1,21 +1,21 @@
-"""Check an Optuna storage URL before anything touches it, and never print its password.
+"""The study storage: check an Optuna storage URL before anything touches it, open it, lock it.
 
 Every failure here is a one-line ``TierHpoError`` that says what to fix, raised *before*
 ``optuna.storages.RDBStorage`` runs: RDBStorage creates tables (and SQLite creates files) on
 first contact, so a typo must stop us earlier, with no study and no file created by accident.
+URLs are shown only through ``common.redact.redact``.
 
 * ``normalize_storage_url(url)``: parse, check the backend, return the URL SQLAlchemy needs
   (``postgresql://`` and ``postgres://`` become ``postgresql+psycopg2://``: SQLAlchemy 2.1
   defaults ``postgresql://`` to psycopg 3, which is not installed; psycopg2 is).
 * ``check_storage_reachable(url)``: connect once (short timeout) and translate libpq failures
   (missing database, refused connection, bad credentials) into one actionable line.
-* ``redact_url(url)`` / ``redact_text(text)``: what may appear in logs, MLflow params and
-  ``best.json``: the password (``user:pw@`` or ``?password=``) is replaced by ``***``.
-* ``check_study_compatible(storage, study_name, space)``: refuse to add trials to an existing
-  study whose recorded search space differs from ours.
+* ``ensure_schema(url)``: create Optuna's tables once, under a lock.
+* ``make_storage(url, cfg, on_stale)``: the ``RDBStorage`` with heartbeats that workers use
+  (SQLite in WAL mode). ``open_storage(url)``: the same for readers, without heartbeats.
 * ``study_lock(url, study_name)``: a cross-process, cross-machine mutex for the few
-  read-decide-write steps that must not interleave (study setup, "is there budget left?" +
-  ``ask``). PostgreSQL advisory lock, or ``flock`` on a file next to a SQLite database; both
+  read-decide-write steps that must not interleave (study setup, "is there a trial slot left?"
+  + ``ask``). PostgreSQL advisory lock, or ``flock`` on a file next to a SQLite database; both
   are released by the OS/server when the holder dies, so a SIGKILLed worker never leaves the
   study locked.
 
@@ -25,39 +25,40 @@ Credentials: with ``postgresql://user@host/db`` (no password) libpq reads ``PGPA
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
-import json
 import os
-import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common.errors import TierHpoError
+from common.redact import redact
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.storages import RDBStorage
+    from optuna.trial import FrozenTrial
+
+    from training.search.config import StorageConfig
 
 PG_DRIVER = "postgresql+psycopg2"
 CONNECT_TIMEOUT_S = 5
 SUPPORTED = "sqlite:////abs/path/optuna.db or postgresql://USER@HOST[:PORT]/DBNAME"
-_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^/@\s:]*:)(?P<pw>[^@\s/]*)(?P<tail>@)")
-_PASSWORD_IN_QUERY = re.compile(r"(?P<head>[?&]password=)(?P<pw>[^&\s]*)", re.IGNORECASE)
-
-
-def redact_text(text: str) -> str:
-    """Replace every password embedded in URLs inside ``text`` with ``***``."""
-    text = _PASSWORD_IN_URL.sub(lambda m: f"{m['head']}***{m['tail']}", text)
-    return _PASSWORD_IN_QUERY.sub(lambda m: f"{m['head']}***", text)
-
-
-def redact_url(url: str) -> str:
-    """The URL as it may be logged: same target, password replaced by ``***``."""
-    return redact_text(str(url))
 
 
 def has_inline_password(url: str) -> bool:
-    return redact_url(url) != str(url)
+    """Whether ``url`` carries a password (in its user info or a ``password=`` query parameter)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(str(url).strip())
+    except Exception:
+        return False
+    return bool(parsed.password) or any("password" in k.lower() for k in parsed.query)
 
 
 def _parse(url: str):
@@ -70,7 +71,7 @@ def _parse(url: str):
         return make_url(url.strip())
     except (ArgumentError, ValueError) as exc:
         reason = "the port must be a number" if isinstance(exc, ValueError) else "it is not a URL"
-        raise TierHpoError(f"cannot parse storage URL {redact_url(url)!r} ({reason}); use {SUPPORTED}") from None
+        raise TierHpoError(f"cannot parse storage URL {redact(url)!r} ({reason}); use {SUPPORTED}") from None
 
 
 def normalize_storage_url(url: str, *, from_params_file: bool = False) -> str:
@@ -82,7 +83,7 @@ def normalize_storage_url(url: str, *, from_params_file: bool = False) -> str:
     parsed = _parse(url)
     backend = parsed.drivername.split("+", 1)[0]
     driver = parsed.drivername.split("+", 1)[1] if "+" in parsed.drivername else None
-    shown = redact_url(url)
+    shown = redact(url)
     if from_params_file and has_inline_password(url):
         raise TierHpoError(
             f"storage URL {shown} in params.yaml holds a password; remove it and put it in "
@@ -121,7 +122,7 @@ def _first_line(exc: BaseException) -> str:
     for line in text.splitlines():
         line = line.strip()
         if line:
-            return redact_text(line.removeprefix("FATAL:").strip())
+            return redact(line.removeprefix("FATAL:").strip())
     return type(exc).__name__
 
 
@@ -159,10 +160,10 @@ def describe_connection_error(url: str, exc: BaseException) -> str:
     if "role" in text and "does not exist" in text:
         return f"PostgreSQL at {where}: {_first_line(exc)}; create the role or fix the user in the URL"
     if backend_is_sqlite(parsed):
-        return f"cannot open SQLite storage {redact_url(url)}: {_first_line(exc)}"
+        return f"cannot open SQLite storage {redact(url)}: {_first_line(exc)}"
     if not _is_operational(exc):
-        return f"the study storage {redact_url(url)} failed: {_first_line(exc)}"
-    return (f"cannot reach the study storage {redact_url(url)}: {_first_line(exc)}; "
+        return f"the study storage {redact(url)} failed: {_first_line(exc)}"
+    return (f"cannot reach the study storage {redact(url)}: {_first_line(exc)}; "
             "is the server running and reachable from this machine?")
 
 
@@ -237,74 +238,6 @@ def study_exists(storage: Any, study_name: str) -> bool:
     except KeyError:
         return False
     return True
-
-
-def _space_json(space: Mapping[str, Any]) -> dict[str, Any]:
-    import optuna.distributions as od
-
-    out = {}
-    for name, dist in space.items():
-        if isinstance(dist, od.BaseDistribution):
-            out[name] = json.loads(od.distribution_to_json(dist))
-        else:
-            out[name] = json.loads(json.dumps(dist, sort_keys=True, default=str))
-    return out
-
-
-def space_fingerprint(space: Mapping[str, Any]) -> str:
-    """A short stable hash of a search space (Optuna distributions or plain JSON-able specs)."""
-    blob = json.dumps(_space_json(space), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def space_differences(recorded: Mapping[str, Any], ours: Mapping[str, Any]) -> list[str]:
-    """Parameter names whose definition differs between two spaces (added, removed or changed)."""
-    a, b = _space_json(recorded), _space_json(ours)
-    return sorted(name for name in set(a) | set(b) if a.get(name) != b.get(name))
-
-
-def recorded_distributions(storage: Any, study_id: int) -> dict[str, Any]:
-    """The distribution of every parameter as the study's finished or running trials recorded it."""
-    found: dict[str, Any] = {}
-    for trial in storage.get_all_trials(study_id, deepcopy=False):
-        for name, dist in trial.distributions.items():
-            found.setdefault(name, dist)
-    return found
-
-
-def check_study_compatible(
-    storage: Any, study_name: str, space: Mapping[str, Any], *, attr: str = "search_space"
-) -> None:
-    """Raise when ``study_name`` exists in ``storage`` with a search space other than ``space``.
-
-    ``space`` maps parameter names to Optuna distributions (or to JSON-able specs, compared
-    with the study user attr ``attr`` when the study stored one). The user attr is checked
-    first; otherwise the distributions recorded by its trials, parameter by parameter
-    (a conditional parameter never sampled yet cannot be compared and is not required).
-    Does nothing, and creates nothing, when the study does not exist.
-    """
-    if not study_exists(storage, study_name):
-        return
-    study_id = storage.get_study_id_from_name(study_name)
-    stored = storage.get_study_user_attrs(study_id).get(attr)
-    if isinstance(stored, Mapping):
-        diff = space_differences(stored, space)
-    else:
-        import optuna.distributions as od
-
-        recorded = recorded_distributions(storage, study_id)
-        ours = {k: v for k, v in space.items() if isinstance(v, od.BaseDistribution)}
-        diff = sorted(
-            name for name, dist in recorded.items()
-            if name not in ours or json.loads(od.distribution_to_json(dist))
-            != json.loads(od.distribution_to_json(ours[name]))
-        )
-    if diff:
-        shown = ", ".join(diff[:6]) + (" ..." if len(diff) > 6 else "")
-        raise TierHpoError(
-            f"study '{study_name}' already exists with a different search space (differs in: {shown}); "
-            "restore the params it was created with, or start a new study under another name"
-        )
 
 
 _LOCK_ENGINES: dict[tuple[int, str], Any] = {}
@@ -390,3 +323,62 @@ def study_lock(url: str, study_name: str, timeout_s: float = 600.0, poll_s: floa
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _sqlite_wal(url: str) -> None:
+    """Put a SQLite study database in WAL mode (persistent in the file): one fsync per commit
+    instead of several, and readers never block the writer. Safe for several processes on one host."""
+    import sqlite3
+
+    db = _parse(url).database
+    if not db or db == ":memory:" or db.startswith("file:"):
+        return
+    Path(db).parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.closing(sqlite3.connect(db, timeout=60)) as con:
+        con.execute("PRAGMA journal_mode=WAL")
+
+
+def make_storage(url: str, cfg: StorageConfig,
+                 on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None) -> RDBStorage:
+    """RDB storage with heartbeats (when ``cfg`` sets them); a bad or unreachable URL is one
+    actionable line; ``postgresql://`` is mapped to psycopg2."""
+    import warnings
+
+    import sqlalchemy.exc
+    from optuna.exceptions import ExperimentalWarning
+    from optuna.storages import RDBStorage
+
+    url = normalize_storage_url(url)
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        try:
+            _sqlite_wal(url)
+        except Exception as exc:
+            raise TierHpoError(describe_connection_error(url, exc)) from None
+        engine_kwargs = {"connect_args": {"timeout": 60}}  # wait for another worker's write lock
+    else:
+        engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        try:
+            return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=cfg.heartbeat_interval,
+                              grace_period=cfg.grace_period, heartbeat_stale_trial_callback=on_stale)
+        except (sqlalchemy.exc.SQLAlchemyError, OSError) as exc:
+            raise TierHpoError(describe_connection_error(url, exc)) from None
+
+
+def open_storage(url: str) -> RDBStorage:
+    """An existing study storage for reading (no heartbeats, no table creation): a missing SQLite
+    file or an unreachable server is one line, never a new database."""
+    from optuna.storages import RDBStorage
+
+    url = normalize_storage_url(url)
+    if url.startswith("sqlite"):
+        if not Path(_parse(url).database or "").is_file():
+            raise TierHpoError(f"the Optuna storage {redact(url)} does not exist; point TIERHPO_OPTUNA_STORAGE "
+                               "at the storage the HPO used")
+        kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}}  # an HPO worker may hold the write lock
+    else:
+        url = check_storage_reachable(url)
+        kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
+    return RDBStorage(url, engine_kwargs=kwargs, skip_table_creation=True)
