@@ -1,4 +1,4 @@
-"""``tierhpo batch --tier a50``: one tier's whole search, in order, resumable.
+"""``tierhpo batch [--tier a50]``: one tier's whole search, or (no ``--tier``) the whole tier x budget grid, resumable.
 
 Replaces the original study's shell script. Every step is a ``dvc.yaml`` stage run through
 ``dvc repro <stage>``, so DVC decides what is already done (a second run skips finished
@@ -27,8 +27,10 @@ from common import paths
 from common.errors import TierHpoError
 from training.budget import parse_budget
 
-# Stage families in batch order; the HPO family is ordered by budget within it.
+# Stage families in batch order; the HPO family is ordered by budget within it. Grid-wide
+# families (cross_tier, select: matrix over budget/horizon, not tier) run once after every tier.
 ORDER = ("hpo", "cross_budget", "promote", "report")
+GRID_ORDER = ("cross_tier", "select")
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,25 @@ class Step:
 
 def _matrix_values(name: str) -> list[str]:
     return name.split("@", 1)[1].split("-") if "@" in name else []
+
+
+def plan_grid(stage_names: list[str]) -> list[Step]:
+    """Pure: every tier's steps (tiers in dvc.yaml order), then the grid-wide stages (cross-tier, select)."""
+    tiers: list[str] = []
+    for name in stage_names:
+        values = _matrix_values(name)
+        if name.split("@", 1)[0] == "hpo" and values and values[0] not in tiers:
+            tiers.append(values[0])
+    if not tiers:
+        raise TierHpoError("no HPO stage in dvc.yaml; declare params.yaml hpo.tiers and run again")
+    steps = [step for tier in tiers for step in plan(tier, stage_names)]
+    grid = {family: [] for family in GRID_ORDER}
+    for name in stage_names:
+        family = name.split("@", 1)[0]
+        if family in grid:
+            grid[family].append(Step(stage=name, family=family, label=" ".join([family.replace("_", "-"),
+                                                                                 *_matrix_values(name)])))
+    return steps + [step for family in GRID_ORDER for step in grid[family]]
 
 
 def plan(tier: str, stage_names: list[str]) -> list[Step]:
@@ -109,11 +130,11 @@ app = typer.Typer(add_completion=False)
 
 @app.command()
 def main(
-    tier: Annotated[str, typer.Option(help="Feature tier, e.g. a50.")] = "a50",
+    tier: Annotated[str, typer.Option(help="Feature tier, e.g. a50 (default: the whole hpo.tiers grid).")] = "",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the steps, run nothing.")] = False,
 ) -> None:
-    """Run one tier's HPO budgets in order, then cross-budget, promote and report (resumable)."""
-    steps = plan(tier, stage_names())
+    """Run one tier's HPO budgets in order, then cross-budget, promote and report (resumable); no --tier: the grid."""
+    steps = plan(tier, stage_names()) if tier else plan_grid(stage_names())
     if dry_run:
         for index, step in enumerate(steps, 1):
             print(f"{index}. {step.stage}")

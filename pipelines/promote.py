@@ -10,12 +10,13 @@ Per budget, from the study's ``best.json`` and ``model.pt``:
    before and after calibration, and a 95 % AUC interval from ``evaluation.stats.auc_interval``
    (stationary block bootstrap over test days by default: labels of neighbouring days overlap,
    so an iid interval such as DeLong's would be too narrow).
-4. Registration as a new version of ``tierhpo-{tier}-h{horizon}-{budget}`` (a pyfunc from
-   ``training/serving.py``), tagged with the study, provenance, calibrator, metrics and baselines.
-   Gates: a degenerate model is never registered; the alias ``champion`` moves only when the
-   version beats the current champion on validation AUC *and* is not worse than the best
-   baseline on validation AUC; otherwise the version stays without the alias and its
-   ``champion_decision`` tag says why.
+4. Registration as a new version of the cell's model ``tierhpo-{SYMBOL}-{tier}-h{horizon}-{budget}``
+   (a pyfunc from ``training/serving.py``), with a short set of version tags (symbol, cell,
+   study, provenance, calibrator, headline metrics); the baseline comparison is written into the
+   version *description*. A degenerate model is never registered. Promotion decides no alias:
+   the one champion per symbol and horizon is chosen across the whole grid by ``tierhpo select``
+   (``tierhpo-{SYMBOL}-h{horizon}@candidate`` / ``@champion``). The symbol is in every name, so
+   another symbol's promotions never add versions to these models.
 5. Idempotence: every version carries ``source_key`` (study name, trial number and the SHA-256
    of ``model.pt``). Re-running finds that version instead of registering a duplicate; the gate is
    evaluated again (it may move the alias if an earlier run stopped before doing so).
@@ -46,7 +47,6 @@ from pipelines.cross_budget import Study, create_stage_run, load_data, read_stud
 from common.errors import TierHpoError
 
 STAGE = "promote"
-CHAMPION = "champion"
 BASELINES = ("logreg", "hgb")
 CI_METHODS = ("stationary", "circular", "delong")
 app = typer.Typer(add_completion=False)
@@ -73,8 +73,15 @@ class PromoteConfig:
             raise TierHpoError("promote.val_auc_tolerance must be >= 0")
 
 
-def model_name(tier: str, horizon: int, budget: str) -> str:
-    return f"tierhpo-{tier}-h{horizon}-{budget}"
+def model_name(symbol: str, tier: str, horizon: int, budget: str) -> str:
+    """The cell's registered model; the symbol keeps symbols (and their data) from sharing a model."""
+    return f"tierhpo-{symbol}-{tier}-h{horizon}-{budget}"
+
+
+def study_symbol(study: Study) -> str:
+    from training.dataset import load_data_config
+
+    return str(study.best.get("symbol") or load_data_config().symbol)
 
 
 def metrics_rules() -> dict[str, Any]:
@@ -164,54 +171,26 @@ def evaluate(study: Study, data: Any, cfg: PromoteConfig, rules: dict[str, Any])
 
 
 def version_tags(study: Study, ev: Evaluation, baselines: dict[str, dict[str, float]], key: str) -> dict[str, str]:
+    """A short set of tags (what the registry UI filters on); the rest lives in ``summary.json``."""
     b = study.best
-    best_baseline = max(BASELINES, key=lambda n: baselines[n]["val/auc"])
-    tags = {
-        "tier": study.tier, "budget": study.budget, "budget_params": str(b.get("budget_params", "")),
-        "n_params": str(b["n_params"]), "horizon": str(study.horizon),
-        "study_name": b["study_name"], "trial_number": str(b["trial_number"]), "source_run_id": b["mlflow_run_id"],
-        "study_parent_run_id": str(b.get("parent_run_id", "")),
-        "git_commit": str(b.get("git_commit", "unknown")), "data_version": str(b.get("data_version", "unknown")),
-        "promote_git_commit": provenance.git_commit(),
-        "calibrator": ev.choice.calibrator.method, "calibrator_reason": ev.choice.reason[:4000],
-        "source_key": key,
+    return {
+        "symbol": study_symbol(study), "tier": study.tier, "budget": study.budget, "horizon": str(study.horizon),
+        "n_params": str(b["n_params"]), "study_name": b["study_name"], "trial_number": str(b["trial_number"]),
+        "source_run_id": b["mlflow_run_id"], "git_commit": str(b.get("git_commit", "unknown")),
+        "data_version": str(b.get("data_version", "unknown")), "source_key": key,
+        "calibrator": ev.choice.calibrator.method,
+        "val/auc": f"{ev.val['val/auc']:.6g}", "test/auc": f"{ev.test_raw['test/auc']:.6g}",
         "test/auc_ci_lo": f"{ev.auc_ci['lo']:.6g}", "test/auc_ci_hi": f"{ev.auc_ci['hi']:.6g}",
-        "test/auc_ci_method": f"{ev.auc_ci['method']} (alpha {ev.auc_ci['alpha']:g}, block {ev.auc_ci.get('block_length')})",
-        "baseline/best": best_baseline,
-        "val/auc_minus_best_baseline": f"{ev.val['val/auc'] - baselines[best_baseline]['val/auc']:.6g}",
     }
-    tags.update({k: f"{v:.6g}" for k, v in ev.val.items()})
-    tags.update({k: f"{v:.6g}" for k, v in ev.test_cal.items()})  # the served (calibrated) model
-    tags.update({f"{k}_uncalibrated": f"{ev.test_raw[k]:.6g}" for k in ("test/brier", "test/log_loss", "test/ece",
-                                                                          "test/log_loss_skill")})
-    for name in BASELINES:
-        tags.update({f"baseline/{name}/{k}": f"{v:.6g}" for k, v in baselines[name].items() if k.endswith("/auc")})
-    return tags
 
 
-def champion_gate(client: Any, name: str, version: str, val_auc: float,
-                  baselines: dict[str, dict[str, float]]) -> tuple[bool, str]:
-    """Whether ``version`` should carry the champion alias, and why (in words)."""
-    from mlflow.exceptions import MlflowException
-
+def baseline_decision(val_auc: float, baselines: dict[str, dict[str, float]]) -> str:
+    """The cell against the best baseline on validation, in words (a note; ``tierhpo select`` gates)."""
     best = max(BASELINES, key=lambda n: baselines[n]["val/auc"])
     base_auc = baselines[best]["val/auc"]
-    try:
-        current = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        current = None
-    if current is not None and str(current.version) == str(version):
-        return True, f"already champion (val/auc {val_auc:.4f})"
-    if val_auc < base_auc:
-        return False, f"no alias: val/auc {val_auc:.4f} is worse than the best baseline {best} ({base_auc:.4f})"
-    if current is not None:
-        champ_auc = float(current.tags.get("val/auc", "nan"))
-        if not val_auc > champ_auc:  # NaN-safe: an unreadable champion AUC is not beaten
-            return False, (f"no alias: val/auc {val_auc:.4f} does not beat champion v{current.version} "
-                           f"({champ_auc:.4f})")
-        return True, (f"champion: val/auc {val_auc:.4f} beats champion v{current.version} ({champ_auc:.4f}) and is "
-                      f"not worse than the best baseline {best} ({base_auc:.4f})")
-    return True, f"champion: first version to pass; val/auc {val_auc:.4f} >= best baseline {best} ({base_auc:.4f})"
+    rel = "not worse than" if val_auc >= base_auc else "worse than"
+    return (f"val/auc {val_auc:.4f} is {rel} the best baseline {best} ({base_auc:.4f}) on validation; the champion "
+            "of the symbol and horizon is chosen across the grid by `tierhpo select`")
 
 
 def find_version(client: Any, name: str, key: str) -> Any | None:
@@ -221,12 +200,13 @@ def find_version(client: Any, name: str, key: str) -> Any | None:
 
 def register(study: Study, ev: Evaluation, baselines: dict[str, dict[str, float]], data: Any,
              client: Any, workdir: Path) -> dict[str, Any]:
-    """Register (or find) the version and apply the champion gate; returns the registry part of the summary."""
+    """Register (or find) the version and describe the baseline comparison; returns the registry part of the summary."""
     import mlflow
 
     from training.serving import ServingSpec, model_kwargs
 
-    name = model_name(study.tier, study.horizon, study.budget)
+    symbol = study_symbol(study)
+    name = model_name(symbol, study.tier, study.horizon, study.budget)
     key = source_key(study)
     if ev.degenerate:
         return {"name": name, "version": None, "registered": False, "existing": False, "alias": None,
@@ -240,22 +220,19 @@ def register(study: Study, ev: Evaluation, baselines: dict[str, dict[str, float]
             info={"tier": study.tier, "budget": study.budget, "horizon": study.horizon,
                   "study_name": study.best["study_name"], "trial_number": study.best["trial_number"]},
         )
-        info = mlflow.pyfunc.log_model(name="model", **model_kwargs(spec, study.weights_path, workdir))
+        info = mlflow.pyfunc.log_model(name=name, **model_kwargs(spec, study.weights_path, workdir))
         if not client.search_registered_models(f"name = '{name}'"):
-            client.create_registered_model(name, tags={"tier": study.tier, "horizon": str(study.horizon),
-                                                       "budget": study.budget},
-                                           description=f"Best {study.budget} model of tier {study.tier}, "
+            client.create_registered_model(name, tags={"symbol": symbol, "tier": study.tier,
+                                                       "horizon": str(study.horizon), "budget": study.budget},
+                                           description=f"{symbol}: best {study.budget} model of tier {study.tier}, "
                                                        f"horizon {study.horizon}: calibrated probabilities.")
         version = mlflow.register_model(info.model_uri, name, tags=version_tags(study, ev, baselines, key)).version
     else:
         version = existing.version
-    promote, why = champion_gate(client, name, str(version), ev.val["val/auc"], baselines)
-    if promote and not why.startswith("already champion"):
-        client.set_registered_model_alias(name, CHAMPION, version)
-    if not why.startswith("already champion"):  # keep the reason it became champion
-        client.set_model_version_tag(name, version, "champion_decision", why)
+    why = baseline_decision(ev.val["val/auc"], baselines)
+    client.update_model_version(name, str(version), description=why)
     return {"name": name, "version": int(version), "registered": existing is None, "existing": existing is not None,
-            "alias": CHAMPION if promote else None, "decision": why, "source_key": key}
+            "alias": None, "decision": why, "source_key": key}
 
 
 # ---------------------------------------------------------------------------- outputs
@@ -363,7 +340,7 @@ def main(
     horizon: int = typer.Option(..., help="Prediction horizon in days."),
     budgets: str = typer.Option(None, help="Comma-separated budgets (default: promote.budgets, else hpo.budgets)."),
 ) -> None:
-    """Calibrate each budget's best model, test it once with a 95 % AUC CI, and register it (champion gate)."""
+    """Calibrate each budget's best model, test it once with a 95 % AUC CI, and register it (no alias: see select)."""
     from training.dataset import check_tier
 
     check_tier(tier)
