@@ -69,6 +69,9 @@ def plan(tier: str, stage_names: list[str]) -> list[Step]:
     for name in stage_names:
         family = name.split("@", 1)[0]
         values = _matrix_values(name)
+        if family == "report" and not values:  # one report for the whole grid, after every tier's stages
+            steps[family].append(((), Step(stage=name, family=family, label="report (grid)")))
+            continue
         if family not in steps or not values or values[0] != tier:
             continue
         if family == "hpo":

@@ -1,11 +1,11 @@
-"""The report stage on a tiny finished pipeline: real Optuna SQLite studies, a real MLflow store,
-and the HPO / promote / cross-budget / baseline files in their documented layout."""
+"""The report stage on a tiny finished grid (tests/fake_grid.py): tiers a20 and a50 x budgets 2K,
+20K, 200K, horizon 1, every input a declared DVC dependency. No Optuna store exists in these tests:
+the report reads study.json (a50) or trials.csv (a20) only."""
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
 import sys
 from pathlib import Path
 
@@ -13,270 +13,210 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-from optuna.trial import TrialState
-from scipy import stats as st
 from typer.testing import CliRunner
 
-from evaluation import plots, stats
+import fake_grid
 from common import paths
-from pipelines import cli, report
 from common.errors import TierHpoError
+from evaluation import stats
+from pipelines import cli
+from pipelines.report import grid, render, stage, study_record
+from pipelines.report.params import ReportParams
+from training.selection_record import SelectionRecord
 
 REPO = Path(__file__).resolve().parents[1]
-TIER, H = "a50", 1
-BUDGETS = {"2K": 2_050, "20K": 19_800, "200K": 201_300}
-SPACE = {
-    "lr": FloatDistribution(1e-5, 1e-2, log=True),
-    "dropout": FloatDistribution(0.0, 0.5),
-    "depth": IntDistribution(1, 4),
-    "batch_size": CategoricalDistribution([32, 64, 128]),
-}
-N_TEST = 300
-TEST_AUCS = {"2K": 0.58, "20K": 0.74, "200K": 0.90}  # clearly monotonic
-SECTIONS = ("### HPO results", "### Coverage", "### Parameter importance", "### HP consistency across budgets",
-            "### Scaling verdict", "### Calibration", "### Baselines")
-
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def make_study(budget: str, rng: np.random.Generator, storage: str) -> optuna.Study:
-    """Trials as the HPO engine (training.search) leaves them: forced then TPE/coverage phases, one
-    failed, one pruned late, one degenerate, one void; the study's coverage snapshot says that
-    depth 4 with batch size 128 is unreachable. Built in memory, then copied into SQLite in one go."""
-    study = optuna.create_study(direction="maximize")
-    for i in range(11):
-        trial = study.ask(SPACE)
-        trial.set_user_attr("phase", "forced" if i < 3 else ("coverage" if i == 8 else "tpe"))
-        if i == 10:  # claimed by a worker and given back unrun: counted nowhere
-            trial.set_user_attr("void", True)
-            study.tell(trial, state=TrialState.FAIL)
-            continue
-        for epoch in range(3):
-            trial.report(0.55 + 0.01 * epoch + 0.002 * i, epoch)
-        trial.set_user_attr("info", {"epochs": 3, "timing": {"total_s": 2.0 + i}})
-        if i == 5:  # died before recording anything: the engine counts it as failed
-            trial.set_user_attr("fail_reason", "RuntimeError: NaN loss at epoch 2")
-            study.tell(trial, state=TrialState.FAIL)
-        elif i == 7:
-            trial.set_user_attr("wasted", "late_pruned")
-            study.tell(trial, state=TrialState.PRUNED)
-        else:
-            trial.set_user_attr("wasted", "degenerate" if i == 2 else None)
-            value = 0.62 - 0.02 * abs(np.log10(trial.params["lr"]) + 3.5) + 0.003 * i + rng.normal(0, 0.002)
-            study.tell(trial, float(value) + (0.05 if i == 2 else 0.0))  # the degenerate one never wins
-    axes = {name: {"params": [name], "shape": [n], "occupied": [], "empty": [[b] for b in range(n)]}
-            for name, n in (("lr", 5), ("dropout", 5), ("depth", 4), ("batch_size", 3))}
-    axes["depth.batch_size"] = {"params": ["depth", "batch_size"], "shape": [4, 3], "occupied": [],
-                                "empty": [[i, j] for i in range(4) for j in range(3) if (i, j) != (3, 2)]}
-    study.set_user_attr("coverage", {"overall": 0.8, "n_points": 9, "axes": axes})
-    name = f"{TIER}-{budget}-h{H}-0123abcd"
-    optuna.copy_study(from_study_name=study.study_name, from_storage=study._storage, to_storage=storage,
-                      to_study_name=name)
-    return optuna.load_study(study_name=name, storage=storage)
-
-
-def scores_for(auc: float, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    logit = np.sqrt(2) * st.norm.ppf(auc) * y + rng.standard_normal(len(y)) - 0.5
-    return 1 / (1 + np.exp(-logit))
-
-
-def build_pipeline(test_aucs: dict[str, float], *, seed: int = 0) -> None:
-    """Write a finished tiny pipeline for tier a50, horizon 1 into the current root and stores."""
-    rng = np.random.default_rng(seed)
-    dates = pd.bdate_range("2020-01-01", periods=N_TEST)
-    y = (rng.random(N_TEST) < 0.45).astype(int)
-    for budget, n_params in BUDGETS.items():
-        study = make_study(budget, rng, paths.optuna_storage_url())
-        best = max((t for t in study.trials if t.state == TrialState.COMPLETE and not t.user_attrs.get("wasted")),
-                   key=lambda t: t.value)
-        out = paths.study_dir(TIER, budget, H)
-        out.mkdir(parents=True)
-        (out / "best.json").write_text(json.dumps({
-            "study_name": study.study_name, "storage": paths.optuna_storage_url(), "tier": TIER, "budget": budget,
-            "budget_params": int(budget[:-1]) * 1000, "horizon": H, "seed": 0, "trial_number": best.number,
-            "mlflow_run_id": "r", "parent_run_id": "p", "experiment_id": "404", "params": best.params,
-            "model_config": {}, "train_config": {}, "n_params": n_params, "metrics": {"val/auc": best.value},
-            "data_version": "d", "git_commit": "g"}))
-        p_raw = scores_for(test_aucs[budget], y, rng)
-        promo = paths.promote_dir(TIER, H) / budget
-        promo.mkdir(parents=True)
-        pd.DataFrame({"date": dates, "y": y, "p_raw": p_raw, "p_cal": np.clip(p_raw * 0.9 + 0.03, 0, 1)}
-                     ).to_parquet(promo / "predictions.parquet")
-        (promo / "summary.json").write_text(json.dumps(promote_summary(study.study_name, budget)))
-    base = paths.baselines_dir(TIER, H)
-    base.mkdir(parents=True)
-    frames = [pd.DataFrame({"date": dates, "split": "test", "y": y, "logreg": scores_for(0.58, y, rng),
-                            "hgb": scores_for(0.57, y, rng)}),
-              pd.DataFrame({"date": pd.bdate_range("2019-01-01", periods=50), "split": "val",
-                            "y": rng.integers(0, 2, 50), "logreg": rng.random(50), "hgb": rng.random(50)})]
-    pd.concat(frames).to_parquet(base / "predictions.parquet")
-    (base / "metrics.json").write_text(json.dumps({"logreg": {"val/auc": 0.57, "test/auc": 0.58},
-                                                   "hgb": {"val/auc": 0.56, "test/auc": 0.57}}))
-    cross = paths.cross_budget_dir(TIER, H)
-    cross.mkdir(parents=True)
-    names = list(BUDGETS)
-    mean = [[0.60 + 0.01 * i - 0.005 * abs(i - j) for j in range(3)] for i in range(3)]
-    mean[2][0] = None  # the 200K structure is infeasible at 2K
-    std = [[None if m is None else 0.004 for m in row] for row in mean]
-    (cross / "matrix.json").write_text(json.dumps({
-        "tier": TIER, "horizon": H, "metric": "val/auc", "budgets": names, "mean": mean, "std": std, "n_seeds": 3,
-        "noise_rule": "off-diagonal within noise when |mean(s,t) - mean(t,t)| <= max(2 x std(t,t), 0.002)",
-        "studies": {b: {"study_name": f"{TIER}-{b}-h{H}-0123abcd", "trial_number": 0} for b in names},
-        "transfer": {b: {"transfers": True, "summary": "transfers (within noise at ['20K'], better at -)"}
-                     for b in names}}))
-    plots.heatmap([[np.nan if v is None else v for v in row] for row in mean], names, names, cross / "heatmap.png")
-
-
-def promote_summary(study_name: str, budget: str) -> dict:
-    """summary.json as ``tierhpo promote`` writes it (the fields the report reads)."""
-    def metrics(ece: float) -> dict:
-        return {"test/auc": 0.7, "test/ece": ece, "test/brier": 0.2 + ece / 10, "test/log_loss": 0.6 + ece}
-
-    return {
-        "tier": TIER, "horizon": H, "budget": budget, "n_params": BUDGETS[budget], "study_name": study_name,
-        "calibrator": {"method": "sigmoid", "reason": "lowest blocked-CV log loss on validation"},
-        "calibrator_reason": "lowest blocked-CV log loss on validation", "degenerate": None,
-        "test": {"uncalibrated": metrics(0.08), "calibrated": metrics(0.03), "auc_ci": {},
-                 "ece": "L1 ECE of the positive-class probability, equal-width bins (evaluation.metrics)"},
-        "registry": {"name": f"tierhpo-{TIER}-h{H}-{budget}", "version": 1, "alias": None,
-                     "decision": "kept without alias: not better than the champion on val/auc"},
-    }
-
-
-def write_project(root: Path) -> None:
-    root.mkdir(parents=True, exist_ok=True)
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["report"] = {**params.get("report", {}), "bootstrap_reps": 300, "tiers": [TIER]}
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    (root / "dvc.yaml").write_text("stages: {}\n")
+H = fake_grid.H
+SECTIONS = ("#### HPO results", "#### Coverage", "#### Parameter importance", "#### HP consistency across budgets",
+            "#### Scaling verdict", "#### Calibration", "#### Baselines")
 
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory) -> Path:
-    """One finished pipeline per module (results/ and optuna.db), copied into each test."""
     base = tmp_path_factory.mktemp("template")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TIERHPO_ROOT", str(base / "proj"))
-        mp.setenv("TIERHPO_OPTUNA_STORAGE", f"sqlite:///{base / 'optuna.db'}")
-        write_project(base / "proj")
-        build_pipeline(TEST_AUCS)
+        fake_grid.write_params(base / "proj", REPO)
+        fake_grid.build_grid()
     MlflowClient(f"sqlite:///{base / 'mlflow.db'}").search_experiments()  # create the schema once (slow)
     return base
 
 
 @pytest.fixture
 def project(tmp_path, monkeypatch, template, isolated_stores) -> Path:
+    import shutil
+
     root = tmp_path / "proj"
-    write_project(root)
+    fake_grid.write_params(root, REPO)
     shutil.copytree(template / "proj" / "results", root / "results")
-    shutil.copy(template / "optuna.db", isolated_stores / "optuna.db")
     shutil.copy(template / "mlflow.db", isolated_stores / "mlflow.db")
     monkeypatch.setenv("TIERHPO_ROOT", str(root))
+    # the report must never open the Optuna store: there is none, and opening one fails loudly
+    assert not (isolated_stores / "optuna.db").exists()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the report opened the Optuna store")
+
+    monkeypatch.setattr(optuna, "load_study", refuse)
+    monkeypatch.setattr(optuna.storages.RDBStorage, "__init__", refuse)
     return root
 
 
-def attach_experiment() -> str:
-    """Create the tier's MLflow experiment in this test's store and point every best.json at it."""
-    experiment_id = MlflowClient(paths.mlflow_tracking_uri()).create_experiment(
-        f"tierhpo-{TIER}", artifact_location=paths.mlflow_artifact_root())
-    for best_path in (paths.results_dir() / "hpo" / TIER).glob("*/h*/best.json"):
-        best = json.loads(best_path.read_text())
-        best_path.write_text(json.dumps({**best, "experiment_id": experiment_id}))
-    return experiment_id
-
-
 def run_cli(*args: str) -> None:
-    result = CliRunner().invoke(report.app, list(args), catch_exceptions=True)
+    result = CliRunner().invoke(stage.app, list(args), catch_exceptions=True)
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     assert result.exit_code == 0, result.output
 
 
 def cli_error(monkeypatch, capsys, *args: str) -> str:
-    """Run the real console entry point; return its one-line error (exit status 2)."""
     monkeypatch.setattr(sys, "argv", ["tierhpo", "report", *args])
     with pytest.raises(SystemExit) as exc:
         cli.app()
     assert exc.value.code == 2
-    lines = [ln for ln in capsys.readouterr().err.splitlines() if " INFO " not in ln]  # MLflow's store set-up log
-    assert len(lines) == 1 and lines[0].startswith("tierhpo: error: "), lines
-    return lines[0]
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    return err
 
 
-def test_report_on_a_finished_pipeline(project):
-    experiment_id = attach_experiment()
-    run_cli("--tier", TIER)
-    out = project / "reports" / TIER
+def attach_experiment() -> str:
+    experiment_id = MlflowClient(paths.mlflow_tracking_uri()).create_experiment(
+        "tierhpo-SYN", artifact_location=paths.mlflow_artifact_root())
+    for best_path in (paths.results_dir() / "hpo").glob("*/*/h*/best.json"):
+        best_path.write_text(json.dumps({**json.loads(best_path.read_text()), "experiment_id": experiment_id}))
+    return experiment_id
+
+
+def test_summary_leads_with_the_grid_answer(project):
+    run_cli("--no-mlflow")
+    out = project / "reports"
     md = (out / "summary.md").read_text()
-    for section in SECTIONS:
-        assert section in md
-    assert "Not available" not in md
+    opening = "\n".join(md.splitlines()[:12])
+    assert "Answer (h1):" in opening and "200K transformer on tier a50" in opening
+    # each baseline with its reading, test and adjusted p
+    assert "**beats** volatility (Parkinson 5d) (+0.0300 [+0.0040, +0.0560], p = 0.012)" in opening
+    assert "**does not beat** logistic regression" in opening and "**does not beat** gradient boosting" in opening
+    assert "two-level bootstrap, paired AUC difference, holm-adjusted" in opening
+    assert "a20 **monotonic**, a50 **inconclusive**" in opening
+    assert "2K **inconclusive**, 20K **more features help**, 200K **inconclusive**" in opening
+    assert "Model confidence set (90 %): a20/200K, a50/200K." in opening
+    assert "train 0.247, val 0.159, test 0.116" in opening and "val->test gap" in opening
+    assert "seed noise (val AUC sd up to 0.011) exceeds the spread of the top trials (0.004)" in opening
+    assert "**did not pass**" in opening
 
-    rep = json.loads((out / "report.json").read_text())
-    h = rep["horizons"][0]
-    assert [s["budget"] for s in h["studies"]] == ["2K", "20K", "200K"]  # by real parameter count
-    hpo = h["studies"][0]["hpo"]
-    assert hpo["by_state"] == {"COMPLETE": 8, "FAIL": 1, "PRUNED": 1} and hpo["n_void"] == 1
-    assert hpo["wasted"]["n_wasted"] == 3 and hpo["wasted"]["fraction"] == pytest.approx(0.3)
-    assert set(hpo["wasted"]["by_reason"]) == {"failed", "late_pruned", "degenerate"}
-    assert hpo["wasted"]["fail_reasons"] == {"RuntimeError": 1}
-    best_json = json.loads((paths.study_dir(TIER, "2K", H) / "best.json").read_text())
-    assert hpo["best"]["number"] == best_json["trial_number"]  # the degenerate trial is never the best
-    assert len(hpo["top"]) == 5 and hpo["top"][0]["value"] == hpo["best"]["value"]
-    assert hpo["compute"]["epochs"]["total"] == 30
-    assert hpo["compute"]["seconds"]["total"] == pytest.approx(sum(2.0 + i for i in range(10)))
-    eff = hpo["efficiency"]
-    assert 1 <= eff["trials_to_within_tol"] <= 10 and eff["final_best"] == hpo["best"]["value"]
-    cov = h["studies"][0]["coverage"]
-    assert set(cov["params"]) == set(SPACE) and cov["n_explored"] == 9
-    assert cov["pairs_from"] == "hpo.coverage.pairs" and [p["params"] for p in cov["pairs"]] == [["depth", "batch_size"]]
-    assert cov["pairs"][0]["n_reachable"] == 11 and cov["pairs"][0]["unreachable"] == [[3, 2]]
-    assert h["studies"][0]["importance"]["evaluator"] == "PedAnovaImportanceEvaluator"
+    # the grid table: budgets by parameter count, MCS marks, links down to each tier's section
+    header = next(line for line in md.splitlines() if line.startswith("| tier \\ budget"))
+    assert header.split("|")[2:5] == [" 2K ", " 20K ", " 200K "]
+    assert "**0.710 [0.680, 0.740]** `MCS`" in md  # a50/200K: best and in the MCS
+    assert "[a20](#tier-a20)" in md and "[a50](#tier-a50)" in md
+    assert "## Tier a20" in md and "## Tier a50" in md
+    assert "](headline/h1_test_auc.png)" in md
+    for tier in ("a20", "a50"):
+        section = md.split(f"## Tier {tier}")[1]
+        for heading in SECTIONS:
+            assert heading in section, (tier, heading)
+    assert md.count("**Not available**") == 0
+    # importances carry their trial count and the caveat below 30 trials
+    assert re.search(r"2K \(PedAnovaImportanceEvaluator, 8 complete trials\):.*\*\*caveat\*\*: fewer than 30", md)
+    # every image link resolves (report plots, and the other stages' own figures linked, not copied)
+    for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
+        assert (out / link).resolve().is_file(), link
+    assert "../results/promote/a50/h1/200K/reliability.png" not in md  # none drawn by the fake promote
+    assert "../results/cross_budget/a50/h1/heatmap.png" in md
 
-    sc = h["scaling"]
-    assert sc["verdict"] == stats.MONOTONIC
-    assert "**Verdict: monotonic.**" in md and "larger is better" in md
-    assert all(b["lo"] < b["auc"] < b["hi"] for b in sc["budgets"])
-    assert sc["power_law"]["fitted"] is False  # three budgets are not enough for a fit
-    assert h["consistency"]["cross_budget"]["available"]
-    assert set(h["calibration"]["budgets"]["2K"]) >= {"calibrator", "before", "after"}
-    assert len(h["baselines"]["comparisons"]) == 6
-
-    # every image the summary shows exists and is a real PNG
-    shown = re.findall(r"\]\((plots/[^)]+\.png)\)", md)
-    assert len(shown) == 3 + 3 + 3 + 1 + 1 + 3  # history, coverage, pair coverage, scaling, cross-budget, reliability
-    for rel in shown:
-        png = out / rel
-        assert png.stat().st_size > 5_000 and png.read_bytes()[:4] == b"\x89PNG"
+    # plots: headline first, tiers in grid order, budgets by parameter count
+    names = sorted(p.relative_to(out / "plots").as_posix() for p in (out / "plots").rglob("*.png"))
+    assert (out / "headline" / "h1_test_auc.png").is_file()
+    assert names[0].startswith("01_a20/h1/") and names[-1].startswith("02_a50/h1/")
+    a50 = [n for n in names if n.startswith("02_a50/h1/")]
+    assert a50[0] == "02_a50/h1/00_scaling.png"
+    assert [n.split("_")[2] for n in a50 if n.endswith("_history.png")] == ["2K", "20K", "200K"]
 
     head = json.loads((out / "metrics.json").read_text())
-    assert head["h1"]["scaling_verdict"] == 1
-    assert head["h1"]["200K"]["test_auc"] == pytest.approx(sc["budgets"][2]["auc"])
-    assert head["h1"]["logreg"]["test_auc_lo"] < head["h1"]["logreg"]["test_auc"]
+    assert head["h1"]["best_test_auc"] == pytest.approx(0.71) and head["h1"]["champion"] == 0
+    assert head["h1"]["scaling_a20"] == 1 and head["h1"]["tiers_20K"] == 1 and head["h1"]["mcs_size"] == 2
+    assert set(head["h1"]["test_auc"]) == {f"{t}_{b}" for t in fake_grid.TIERS for b in fake_grid.BUDGETS}
+    assert len(json.dumps(head)) < 1200  # one readable `dvc metrics show` row
 
+    trials = pd.read_csv(out / "trials.csv")
+    assert set(trials["cell"]) == {f"{t}/{b}/h1" for t in fake_grid.TIERS for b in fake_grid.BUDGETS}
+    assert {"trial", "val_auc", "param_lr"} <= set(trials.columns)
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["tiers"] == ["a20", "a50"] and rep["budgets"] == ["2K", "20K", "200K"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_trials_csv_and_study_json_tell_the_same_story(project):
+    """a20 has only trials.csv, a50 also study.json: both replay to the same best and the same counts."""
+    for tier in ("a20", "a50"):
+        d = paths.study_dir(tier, "20K", H)
+        best = json.loads((d / "best.json").read_text())
+        study = study_record.load(d, "tierhpo hpo")
+        from training.search import analysis as hpo_analysis
+
+        summary = hpo_analysis.hpo_summary(study)
+        assert summary["best"]["number"] == best["trial_number"], tier
+        assert summary["best"]["value"] == pytest.approx(best["metrics"]["val/auc"])
+        assert summary["wasted"]["by_reason"]["degenerate"]["count"] == 1
+    a50 = study_record.load(paths.study_dir("a50", "20K", H), "x")
+    assert a50.user_attrs["coverage"]["overall"] == 0.8  # the snapshot travels in study.json
+
+
+def test_report_logs_one_run(project):
+    experiment_id = attach_experiment()
+    run_cli()
     client = MlflowClient(paths.mlflow_tracking_uri())
-    runs = client.search_runs([experiment_id], "tags.stage = 'report'")
-    assert len(runs) == 1
-    run = runs[0]
-    assert run.info.status == "FINISHED"
-    assert run.data.tags["tier"] == TIER and run.data.tags["git_commit"] and run.data.tags["data_version"]
-    assert run.data.tags["scaling_verdict_h1"] == stats.MONOTONIC
-    assert run.data.metrics["test/scaling_verdict_h1"] == 1
-    assert "test/auc_h1_20K" in run.data.metrics
-    logged = {f.path for f in client.list_artifacts(run.info.run_id, "report")}
-    assert {"report/summary.md", "report/report.json", "report/metrics.json", "report/plots"} <= logged
-    assert len(client.list_artifacts(run.info.run_id, "report/plots")) == len(shown)
+    (run,) = client.search_runs([experiment_id], "tags.stage = 'report'")
+    assert run.info.status == "FINISHED" and run.data.tags["best_h1"] == "a50/200K"
+    assert run.data.metrics["test/auc_best_h1"] == pytest.approx(0.71)
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
+    assert {"report/summary.md", "report/metrics.json", "report/trials.csv", "report/plots",
+            "report/headline"} <= logged
 
-    # a rerun that fails leaves the previous report whole, no temp folder, and no new MLflow run
-    (paths.cross_budget_dir(TIER, H) / "matrix.json").write_text("{not json")
-    with pytest.raises(TierHpoError, match="matrix.json is not valid JSON"):
-        run_cli("--tier", TIER)
-    assert (out / "summary.md").read_text() == md
-    assert not [p for p in (project / "reports").iterdir() if p.name.startswith(".")]
-    assert len(client.search_runs([experiment_id], "tags.stage = 'report'")) == 1
+
+def test_missing_selection_is_one_line_error_or_partial(project, monkeypatch, capsys):
+    (paths.results_dir() / "select" / "h1" / "verdicts.json").unlink()
+    err = cli_error(monkeypatch, capsys, "--no-mlflow")
+    assert "no selection record for h1" in err and "tierhpo select --horizon 1" in err
+    assert not (project / "reports" / "summary.md").exists()
+    run_cli("--no-mlflow", "--partial")
+    md = (project / "reports" / "summary.md").read_text()
+    assert "Horizon 1: no grid answer" in md.splitlines()[2] and "## Tier a50" in md
+
+
+def test_stale_or_bad_selection_is_refused(project, monkeypatch, capsys):
+    path = paths.results_dir() / "select" / "h1" / "verdicts.json"
+    raw = json.loads(path.read_text())
+    raw["cells"].append({**raw["cells"][0], "tier": "a100"})
+    path.write_text(json.dumps(raw))
+    assert "rerun `tierhpo select --horizon 1`" in cli_error(monkeypatch, capsys, "--no-mlflow")
+    raw["cells"].pop()
+    raw["budget_verdicts"]["a20"]["verdict"] = "bigger is better"
+    path.write_text(json.dumps(raw))
+    assert "does not follow the selection contract" in cli_error(monkeypatch, capsys, "--no-mlflow")
+
+
+def test_bad_study_outputs_are_refused(project, monkeypatch, capsys):
+    (paths.study_dir("a50", "20K", H) / "study.json").write_text('{"trials": []}')
+    assert "does not follow the study-outputs contract" in cli_error(monkeypatch, capsys, "--no-mlflow")
+    assert "unknown tier(s) ['a7']" in cli_error(monkeypatch, capsys, "--tier", "a7")
+
+
+def test_selection_record_round_trip(tmp_path):
+    rec = fake_grid.selection_record(gate_passed=True)
+    rec.write(tmp_path)
+    back = SelectionRecord.read(tmp_path)
+    assert back == rec and back.best_cell.key == "a50/200K"
+    with pytest.raises(TierHpoError, match="run `tierhpo select`"):
+        SelectionRecord.read(tmp_path / "nowhere")
+
+
+def test_readings_use_the_adjusted_numbers():
+    from training.selection_record import Interval
+
+    assert grid.reading(Interval(0.03, 0.004, 0.056, 0.004, 0.012), 0.05) == "beats"
+    assert grid.reading(Interval(0.03, 0.004, 0.056, 0.004, 0.07), 0.05) == "does not beat"  # adjusted p rules
+    assert grid.reading(Interval(-0.03, -0.05, -0.01, 0.001, 0.003), 0.05) == "is beaten by"
 
 
 @pytest.mark.parametrize(
@@ -288,133 +228,19 @@ def test_report_on_a_finished_pipeline(project):
     ],
 )
 def test_wording_follows_the_verdict(aucs, verdict, must, must_not):
-    # the original study's numbers on ~750 test days, a clear reversal, a clear gain
     rng = np.random.default_rng(3)
     y = (rng.random(750) < 0.45).astype(int)
-    scores = {b: scores_for(a, y, rng) for b, a in zip(BUDGETS, aucs, strict=True)}
-    section = {**stats.scaling_verdict(y, scores, BUDGETS, reps=300), "available": True,
+    scores = {b: fake_grid.scores_for(a, y, rng) for b, a in zip(fake_grid.BUDGETS, aucs, strict=True)}
+    section = {**stats.scaling_verdict(y, scores, fake_grid.BUDGETS, reps=300), "available": True,
                "first_day": "2020-01-01", "last_day": "2022-12-30"}
     assert section["verdict"] == verdict
-    text = "\n".join(report.render_scaling(section, "h1"))
+    text = render.render("scaling", sc=section, tag="a50 h1", scaling_plot=None)
     assert f"**Verdict: {verdict}.**" in text and must in text and must_not not in text
+    assert "[CI]" not in text  # no unadjusted interval beside the Holm reading
 
 
-def test_missing_promotion_is_a_one_line_error_and_writes_nothing(project, monkeypatch, capsys):
-    shutil.rmtree(paths.promote_dir(TIER, H) / "20K")
-    err = cli_error(monkeypatch, capsys, "--tier", TIER)
-    assert "['20K']" in err and "tierhpo promote --tier a50 --horizon 1" in err and "--partial" in err
-    assert not (project / "reports" / TIER).exists()
-
-
-def test_partial_report_marks_missing_sections(project):
-    shutil.rmtree(paths.promote_dir(TIER, H))
-    shutil.rmtree(paths.cross_budget_dir(TIER, H))
-    run_cli("--tier", TIER, "--partial", "--no-mlflow")
-    md = (project / "reports" / TIER / "summary.md").read_text()
-    for section in SECTIONS:
-        assert section in md
-    scaling = md.split("### Scaling verdict")[1].split("###")[0]
-    assert "**Not available**: no promotion results" in scaling and "Verdict" not in scaling
-    assert "**Not available**: no cross-budget matrix" in md
-    assert "Paired comparison with the transformer: **not available**" in md
-    assert not list((project / "reports" / TIER / "plots").glob("*reliability*"))
-
-
-def test_report_run_nests_under_an_outer_mlflow_run(project, monkeypatch, tmp_path):
-    # under `mlflow run`, MLFLOW_RUN_ID names the entry point's run: the report run nests under it
-    client = MlflowClient(paths.mlflow_tracking_uri())
-    outer_exp = client.create_experiment("outer", artifact_location=paths.mlflow_artifact_root() + "/outer")
-    outer = client.create_run(outer_exp, run_name="mlflow-run-main").info.run_id
-    monkeypatch.setenv("MLFLOW_RUN_ID", outer)
-    (tmp_path / "rep").mkdir()
-    (tmp_path / "rep" / "summary.md").write_text("# report\n")
-    minimal = {"tier": TIER, "git_commit": "abc", "data_version": "d", "horizons": [], "headline": {},
-               "params": {"alpha": 0.05}}
-    run_id = report.log_to_mlflow(minimal, tmp_path / "rep")
-    child = client.get_run(run_id)
-    assert child.info.experiment_id == outer_exp and child.data.tags["mlflow.parentRunId"] == outer
-    assert child.info.status == "FINISHED"
-    assert client.get_run(outer).info.status == "RUNNING"  # the outer run is mlflow run's to end
-    monkeypatch.setenv("MLFLOW_RUN_ID", "0" * 32)
-    with pytest.raises(TierHpoError, match="MLFLOW_RUN_ID=0+ is not a run"):
-        report.log_to_mlflow(minimal, tmp_path / "rep")
-
-
-def test_stale_promotion_and_missing_study_are_refused(project, monkeypatch, capsys):
-    summary = paths.promote_dir(TIER, H) / "2K" / "summary.json"
-    summary.write_text(json.dumps(promote_summary("a50-2K-h1-old", "2K")))
-    assert "rerun `tierhpo promote --tier a50 --horizon 1`" in cli_error(monkeypatch, capsys, "--tier", TIER)
-    summary.write_text(json.dumps(promote_summary(f"{TIER}-2K-h{H}-0123abcd", "2K")))
-    matrix = paths.cross_budget_dir(TIER, H) / "matrix.json"
-    doc = json.loads(matrix.read_text())
-    doc["studies"]["20K"]["study_name"] = "a50-20K-h1-old"
-    matrix.write_text(json.dumps(doc))
-    assert "rerun `tierhpo cross-budget --tier a50 --horizon 1`" in cli_error(monkeypatch, capsys, "--tier", TIER)
-    optuna.delete_study(study_name=f"{TIER}-20K-h{H}-0123abcd", storage=paths.optuna_storage_url())
-    assert "is not in the Optuna storage" in cli_error(monkeypatch, capsys, "--tier", TIER)
-    missing = project / "nowhere.db"
-    monkeypatch.setenv("TIERHPO_OPTUNA_STORAGE", f"sqlite:///{missing}")
-    assert "does not exist" in cli_error(monkeypatch, capsys, "--tier", TIER)
-    assert not missing.exists()  # reading never creates a storage
-
-
-def test_no_hpo_results(project, monkeypatch, capsys):
-    shutil.rmtree(paths.results_dir() / "hpo")
-    assert "no HPO results for tier a50" in cli_error(monkeypatch, capsys, "--tier", TIER)
-    assert "unknown tier(s) ['a7']" in cli_error(monkeypatch, capsys, "--tier", "a7")
-    assert "no HPO results under" in cli_error(monkeypatch, capsys, "--all")
-
-
-def test_missing_experiment_is_refused_before_writing(project, monkeypatch, capsys):
-    assert "MLflow experiment of tier a50" in cli_error(monkeypatch, capsys, "--tier", TIER)
-    assert not (project / "reports").exists()
-
-
-def test_config_is_validated(project):
+def test_config_is_validated():
     with pytest.raises(TierHpoError, match="report.alpha"):
-        report.ReportParams(alpha=0.7)
-    with pytest.raises(TierHpoError, match="block_length"):
-        report.ReportParams(block_length=0)
-
-
-@pytest.mark.slow
-def test_report_reads_real_hpo_studies(tmp_path, monkeypatch):
-    """Two real studies from the HPO engine (real trainer, SQLite storage, MLflow store), reported with
-    --partial: the HPO, coverage and importance sections must read the engine's own records."""
-    from test_hpo_engine import settings, tiny_data, tiny_spec
-
-    from training.search.results import write_outputs
-    from training.search.study import run_study
-
-    root = tmp_path / "proj"
-    write_project(root)
-    monkeypatch.setenv("TIERHPO_ROOT", str(root))
-    data = tiny_data()
-    for budget in ("5K", "10K"):
-        spec = tiny_spec(data, tier=TIER, budget=budget)
-        result = run_study(spec, data, 4, paths.optuna_storage_url(),
-                           settings=settings(paths.mlflow_tracking_uri()), plots=False)
-        write_outputs(result, paths.study_dir(TIER, budget, H))
-    run_cli("--tier", TIER, "--partial")
-
-    out = root / "reports" / TIER
-    rep = json.loads((out / "report.json").read_text())
-    (h,) = rep["horizons"]
-    assert [s["budget"] for s in h["studies"]] == ["5K", "10K"]
-    for study in h["studies"]:
-        best = json.loads((paths.study_dir(TIER, study["budget"], H) / "best.json").read_text())
-        hpo = study["hpo"]
-        assert hpo["best"]["number"] == best["trial_number"]
-        assert hpo["best"]["value"] == pytest.approx(best["metrics"]["val/auc"])
-        assert hpo["by_state"].get("COMPLETE", 0) >= 4 and hpo["by_phase"]["forced"] == 2
-        assert hpo["compute"]["epochs"]["total"] > 0 and hpo["compute"]["seconds"]["total"] > 0
-        cov = study["coverage"]
-        assert cov["bins"] == 3 and cov["pairs_from"] == "hpo.coverage.pairs"
-        assert [p["params"] for p in cov["pairs"]] == [["lr", "batch_size"]]
-        assert study["importance"]["evaluator"] == "PedAnovaImportanceEvaluator"
-    md = (out / "summary.md").read_text()
-    assert md.count("**Not available**") == 4  # cross-budget, scaling, calibration, baselines
-    client = MlflowClient(paths.mlflow_tracking_uri())
-    experiment = json.loads((paths.study_dir(TIER, "5K", H) / "best.json").read_text())["experiment_id"]
-    (run,) = client.search_runs([experiment], "tags.stage = 'report'")
-    assert run.info.status == "FINISHED"
+        ReportParams(alpha=0.7)
+    with pytest.raises(TierHpoError, match="report.block_length"):
+        ReportParams(block_length=0)

@@ -1,0 +1,118 @@
+"""The report's MLflow run: one ``report`` run in the experiment the HPO studies used, with the
+report files as artifacts and the headline numbers as metrics.
+
+Written with the client, as the other stages did before ``common/mlflow_runs.py``: switch to its
+``stage_run`` once it lands (one behaviour for a bad ``MLFLOW_RUN_ID``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from common import paths
+from common.errors import TierHpoError
+from pipelines.report.grid import mlflow_metrics
+from pipelines.report.inputs import read_json
+
+REPORT_FILES = ("summary.md", "report.json", "metrics.json", "trials.csv", "headline", "plots")
+
+
+def _experiment_id(tier: str) -> str | None:
+    """The experiment the tier's HPO studies logged to (from any best.json)."""
+    for best_path in sorted((paths.results_dir() / "hpo" / tier).glob("*/h*/best.json")):
+        exp = read_json(best_path).get("experiment_id")
+        if exp:
+            return str(exp)
+    return None
+
+
+def resolve_experiment(tier: str) -> tuple[str, str | None]:
+    """``(experiment_id, parent_run_id)`` of the report run, as the HPO engine places its studies.
+
+    Under ``mlflow run`` (``MLFLOW_RUN_ID`` set) the report nests under that run, in its experiment.
+    Otherwise it goes to the experiment recorded in the tier's ``best.json``, which must exist in
+    the tracking store (else the store is not the one the HPO used); a ``best.json`` without one
+    falls back to the engine's experiment name for the tier.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=paths.mlflow_tracking_uri())
+    outer = os.environ.get("MLFLOW_RUN_ID")
+    if outer:
+        try:
+            return client.get_run(outer).info.experiment_id, outer
+        except MlflowException:
+            raise TierHpoError(f"MLFLOW_RUN_ID={outer} is not a run of the tracking store "
+                               f"{paths.mlflow_tracking_uri()}; unset it or fix MLFLOW_TRACKING_URI") from None
+    experiment_id = _experiment_id(tier)
+    if experiment_id is None:
+        from training.search.tracking import experiment_name
+
+        found = client.get_experiment_by_name(experiment_name(tier))
+        if found is not None and found.lifecycle_stage == "active":
+            return found.experiment_id, None
+        return client.create_experiment(experiment_name(tier), artifact_location=(
+            f"{paths.mlflow_artifact_root()}/{experiment_name(tier)}")), None
+    try:
+        found = client.get_experiment(experiment_id)
+    except MlflowException:
+        found = None
+    if found is None or found.lifecycle_stage != "active":
+        raise TierHpoError(
+            f"the MLflow experiment of tier {tier} (id {experiment_id}, from best.json) is not in the tracking "
+            f"store {paths.mlflow_tracking_uri()}; point MLFLOW_TRACKING_URI at the store the HPO used "
+            "(or pass --no-mlflow)"
+        )
+    return str(experiment_id), None
+
+
+def log_to_mlflow(report: dict[str, Any], report_dir: Path) -> str:
+    """One ``report`` run in the grid's experiment with the report files and headline metrics.
+
+    The run is created with the client (not ``mlflow.start_run``) so that a ``MLFLOW_RUN_ID``
+    set by ``mlflow run`` becomes its parent instead of being resumed; it always ends FINISHED,
+    FAILED or KILLED.
+    """
+    from mlflow.entities import RunStatus
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=paths.mlflow_tracking_uri())
+    experiment_id, parent = resolve_experiment(report["tiers"][0])
+    tags = {"stage": "report", "tiers": ",".join(report["tiers"]), "budgets": ",".join(report["budgets"]),
+            "git_commit": report["git_commit"], "data_version": report["data_version"],
+            "horizons": ",".join(str(h) for h in report["horizons"])}
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    run = client.create_run(experiment_id, run_name="report", tags=tags)
+    run_id = run.info.run_id
+    status = RunStatus.to_string(RunStatus.FAILED)
+    try:
+        from mlflow.entities import Metric, Param
+
+        now = int(pd.Timestamp.now(tz="UTC").timestamp() * 1000)
+        metrics = [Metric(k, v, now, 0) for k, v in sorted(mlflow_metrics(report["headline"]).items())]
+        params = [Param(k, str(v)) for k, v in sorted(report["params"].items())]
+        for start in range(0, max(len(metrics), 1), 500):  # log_batch takes at most 1000 metrics
+            client.log_batch(run_id, metrics=metrics[start:start + 500], params=params if start == 0 else [])
+        for g in report["grid"]:
+            if g["available"]:
+                best = g["answer"]["best"]
+                client.set_tag(run_id, f"best_h{g['horizon']}", f"{best['tier']}/{best['budget']}")
+        for name in REPORT_FILES:
+            path = report_dir / name
+            if path.is_dir():
+                client.log_artifacts(run_id, str(path), artifact_path=f"report/{name}")
+            elif path.is_file():
+                client.log_artifact(run_id, str(path), artifact_path="report")
+        status = RunStatus.to_string(RunStatus.FINISHED)
+    except KeyboardInterrupt:
+        status = RunStatus.to_string(RunStatus.KILLED)
+        raise
+    finally:
+        client.set_terminated(run_id, status=status)
+    return run_id
