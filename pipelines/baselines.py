@@ -1,13 +1,16 @@
 """``tierhpo baselines --tier a50 --horizon 1``: the numbers a transformer has to beat.
 
-Logistic regression (standardised inputs) and histogram gradient boosting, fitted on the
-training split with the features of each window's *last day* (the same windows, labels and
+Three models, fitted on the training split with the features of each window's *last day*:
+``vol``, a logistic regression on one feature, 5-day Parkinson range volatility (``parkinson_5``,
+present in every tier: volatility alone predicts a 1 % move well, so a transformer that does not
+beat it has learnt nothing beyond the volatility level); ``logreg``, a logistic regression on all
+of the tier's inputs (standardised); and ``hgb``, histogram gradient boosting on them (the same windows, labels and
 splits as the transformer), scored with the same metrics on val and test. Writes, atomically,
 into ``paths.baselines_dir(tier, horizon)``:
 
-* ``metrics.json``: ``{"logreg": {"val/auc": ..., "test/auc": ..., ...}, "hgb": {...}}``, every
+* ``metrics.json``: ``{"vol": {...}, "logreg": {"val/auc": ..., "test/auc": ..., ...}, "hgb": {...}}``, every
   name of ``evaluation.metrics.METRIC_NAMES`` for ``val`` and ``test``;
-* ``predictions.parquet``: ``date, split, y, logreg, hgb`` for every window of every split.
+* ``predictions.parquet``: ``date, split, y, vol, logreg, hgb`` for every window of every split.
 
 Hyperparameters are fixed in ``params.yaml`` (``baselines``), not tuned on the test split.
 """
@@ -22,12 +25,14 @@ import numpy as np
 import pandas as pd
 import typer
 
-from evaluation.metrics import MetricsParams, classification_metrics
 from common import atomic, config, paths
 from common.errors import TierHpoError
+from evaluation.metrics import MetricsParams, classification_metrics
+from training import baseline_record
 from training.dataset import SPLITS, TierData
 
-MODELS = ("logreg", "hgb")
+MODELS = baseline_record.NAMES
+VOL_FEATURE = baseline_record.VOL_FEATURE
 SCORED_SPLITS = ("val", "test")
 
 
@@ -62,6 +67,7 @@ def make_models(cfg: BaselinesConfig) -> dict[str, Any]:
     from sklearn.preprocessing import StandardScaler
 
     return {
+        "vol": make_pipeline(StandardScaler(), LogisticRegression(C=cfg.logreg_c, max_iter=cfg.logreg_max_iter)),
         "logreg": make_pipeline(StandardScaler(), LogisticRegression(C=cfg.logreg_c, max_iter=cfg.logreg_max_iter)),
         # No early stopping: it would carve its own validation set out of the training split.
         "hgb": HistGradientBoostingClassifier(
@@ -80,12 +86,17 @@ def fit_baselines(
         raise TierHpoError(f"{data.tier} h{data.horizon}: the training split has one class only; no baseline to fit")
     frames = {split: pd.DataFrame({"date": pd.to_datetime(data.dates[data.split_ends[split]]), "split": split,
                                    "y": data.labels_of(split).astype(np.int64)}) for split in SPLITS}
+    if VOL_FEATURE not in data.feature_names:
+        raise TierHpoError(f"{data.tier}: the volatility baseline needs feature {VOL_FEATURE}, which the tier lacks")
+    columns = {"vol": [data.feature_names.index(VOL_FEATURE)]}
     metrics: dict[str, dict[str, float]] = {}
     for name, model in make_models(cfg).items():
-        model.fit(x_train, y_train.astype(np.int64))
+        cols = columns.get(name, slice(None))
+        model.fit(x_train[:, cols], y_train.astype(np.int64))
         metrics[name] = {}
         for split in SPLITS:
             x, y = data.last_day(split)
+            x = x[:, cols]
             p = model.predict_proba(x)[:, 1]
             frames[split][name] = p
             if split in SCORED_SPLITS:

@@ -29,7 +29,6 @@ test split) and ``reliability.png``; all logged to a ``promote-{budget}`` MLflow
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import shutil
 import tempfile
@@ -41,13 +40,14 @@ import numpy as np
 import pandas as pd
 import typer
 
-from evaluation.calibration import CalibrationConfig
 from common import atomic, config, paths, provenance
-from pipelines.cross_budget import Study, create_stage_run, load_data, read_study, resolve_budgets
 from common.errors import TierHpoError
+from evaluation.calibration import CalibrationConfig
+from pipelines.cross_budget import Study, create_stage_run, load_data, read_study, resolve_budgets
+from training import baseline_record
 
 STAGE = "promote"
-BASELINES = ("logreg", "hgb")
+BASELINES = baseline_record.NAMES
 CI_METHODS = ("stationary", "circular", "delong")
 app = typer.Typer(add_completion=False)
 
@@ -94,15 +94,7 @@ def metrics_rules() -> dict[str, Any]:
 
 
 def read_baselines(tier: str, horizon: int) -> dict[str, dict[str, float]]:
-    path = paths.baselines_dir(tier, horizon) / "metrics.json"
-    hint = f"run: tierhpo baselines --tier {tier} --horizon {horizon}"
-    if not path.is_file():
-        raise TierHpoError(f"no baseline metrics at {path}; {hint}")
-    raw = json.loads(path.read_text())
-    missing = [b for b in BASELINES if "val/auc" not in raw.get(b, {})]
-    if missing:
-        raise TierHpoError(f"{path} lacks val/auc of {missing}; {hint}")
-    return {b: {k: float(v) for k, v in raw[b].items() if isinstance(v, (int, float))} for b in BASELINES}
+    return baseline_record.read_metrics(tier, horizon)
 
 
 def source_key(study: Study) -> str:

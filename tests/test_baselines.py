@@ -30,7 +30,7 @@ def test_fit_baselines_scores_val_and_test_with_every_metric(tier):
     assert set(metrics) == set(MODELS)
     assert all(set(m) == expected for m in metrics.values())
     assert metrics["logreg"]["val/auc"] > 0.65  # the volatility signal is there to be found
-    assert list(predictions.columns) == ["date", "split", "y", "logreg", "hgb"]
+    assert list(predictions.columns) == ["date", "split", "y", "vol", "logreg", "hgb"]
     for split in ("train", "val", "test"):
         rows = predictions[predictions["split"] == split]
         assert len(rows) == len(tier.split_ends[split])
@@ -79,12 +79,12 @@ def test_cli_writes_metrics_and_predictions(validated_tier, monkeypatch, capsys)
     assert "logreg val/auc" in out and "hgb" in out
     folder = paths.baselines_dir("a20", 1)
     metrics = json.loads((folder / "metrics.json").read_text())
-    assert set(metrics) == {"logreg", "hgb"}
+    assert set(metrics) == {"vol", "logreg", "hgb"}
     assert {"val/auc", "test/auc", "val/ece", "test/log_loss_skill"} <= set(metrics["logreg"])
     predictions = pd.read_parquet(folder / "predictions.parquet")
-    assert list(predictions.columns) == ["date", "split", "y", "logreg", "hgb"]
+    assert list(predictions.columns) == ["date", "split", "y", "vol", "logreg", "hgb"]
     assert set(predictions["split"]) == {"train", "val", "test"}
-    assert predictions[["logreg", "hgb"]].apply(lambda c: c.between(0, 1).all()).all()
+    assert predictions[["vol", "logreg", "hgb"]].apply(lambda c: c.between(0, 1).all()).all()
     assert sorted(p.name for p in folder.parent.iterdir()) == ["h1"]  # no temp leftovers
 
     code, _, err = run_cli(monkeypatch, capsys, "baselines", "--tier", "a20", "--horizon", "1")

@@ -71,6 +71,7 @@ def synthetic_tier(
         "test": (n_train + n_val + gap, n_days),
     }
     names = [f"f{j:02d}" for j in range(n_features)]
+    names[0] = "parkinson_5"  # column 0 is a range volatility: the column the ``vol`` baseline reads
     return TierData.from_arrays(features, labels, dates, names, context_len, horizon, bounds, tier=tier)
 
 

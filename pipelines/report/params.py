@@ -7,13 +7,14 @@ from typing import Literal
 
 from common.errors import TierHpoError
 from evaluation import stats
+from training import baseline_record
 
 VERDICT_CODE = {stats.MONOTONIC: 1, stats.INCONCLUSIVE: 0, stats.VIOLATED: -1}  # per-tier single-model test
 BUDGET_VERDICT_CODE = {"monotonic": 1, "inconclusive": 0, "violated": -1}  # the grid's (selection record) words
 TIER_VERDICT_CODE = {"more features help": 1, "inconclusive": 0, "more features hurt": -1}
-# vol = 5-day Parkinson volatility as the score (no fitting); present once the baselines stage writes it
-BASELINES = ("vol", "logreg", "hgb")
-REQUIRED_BASELINES = ("logreg", "hgb")
+# vol = a logistic regression on 5-day Parkinson volatility alone (training/baseline_record.py)
+BASELINES = baseline_record.NAMES
+REQUIRED_BASELINES = baseline_record.NAMES
 BASELINE_NAMES = {"vol": "volatility (Parkinson 5d)", "logreg": "logistic regression", "hgb": "gradient boosting"}
 MIN_IMPORTANCE_TRIALS = 30  # below this, PED-ANOVA importances are flagged as unstable
 
