@@ -4,7 +4,9 @@ Replaces the original study's shell script. Every step is a ``dvc.yaml`` stage r
 ``dvc repro <stage>``, so DVC decides what is already done (a second run skips finished
 stages) and records every result in ``dvc.lock``; an interrupted HPO stage resumes its Optuna
 study trial by trial, because the study name is stable. Order: the tier's HPO studies by
-budget (smallest first, e.g. 2M -> 20M -> 200M), then cross-budget, promote and report.
+budget (smallest first, e.g. 2M -> 20M -> 200M), then cross-budget and promote. The grid-wide
+stages (select, then the one report) compare every tier, so they run only in the grid mode (no
+``--tier``), after every tier's stages: a one-tier batch stops after its promotions.
 
 The batch adds no logic of its own beyond the order and the progress line; it reads no
 ``params.yaml`` section, because the stage list in ``dvc.yaml`` (expanded from ``hpo``) is the
@@ -29,8 +31,8 @@ from training.budget import parse_budget
 
 # Stage families in batch order; the HPO family is ordered by budget within it. Grid-wide
 # families (cross_tier, select: matrix over budget/horizon, not tier) run once after every tier.
-ORDER = ("hpo", "cross_budget", "promote", "report")
-GRID_ORDER = ("cross_tier", "select")
+ORDER = ("hpo", "cross_budget", "promote")
+GRID_ORDER = ("cross_tier", "select", "report")
 
 
 @dataclass(frozen=True)
@@ -58,8 +60,8 @@ def plan_grid(stage_names: list[str]) -> list[Step]:
     for name in stage_names:
         family = name.split("@", 1)[0]
         if family in grid:
-            grid[family].append(Step(stage=name, family=family, label=" ".join([family.replace("_", "-"),
-                                                                                 *_matrix_values(name)])))
+            label = " ".join([family.replace("_", "-"), *_matrix_values(name)]) if "@" in name else f"{family} (grid)"
+            grid[family].append(Step(stage=name, family=family, label=label))
     return steps + [step for family in GRID_ORDER for step in grid[family]]
 
 
@@ -69,9 +71,6 @@ def plan(tier: str, stage_names: list[str]) -> list[Step]:
     for name in stage_names:
         family = name.split("@", 1)[0]
         values = _matrix_values(name)
-        if family == "report" and not values:  # one report for the whole grid, after every tier's stages
-            steps[family].append(((), Step(stage=name, family=family, label="report (grid)")))
-            continue
         if family not in steps or not values or values[0] != tier:
             continue
         if family == "hpo":

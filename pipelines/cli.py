@@ -26,6 +26,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "hpo": ("pipelines.hpo", "Two-phase Optuna search for one (tier, budget, horizon) study."),
     "cross-budget": ("pipelines.cross_budget", "Retrain each budget's best hyperparameters at every other budget."),
     "promote": ("pipelines.promote", "Calibrate, test once and register the best model of each budget."),
+    "select": ("pipelines.select", "Compare the grid's cells, name the best, gate the champion (aliases)."),
     "report": ("pipelines.report", "Write one report for the grid: reports/summary.md leads with its answer."),
     "batch": ("pipelines.batch", "Run a tier's budgets, cross-budget, promote and report; resumable."),
 }

@@ -96,12 +96,13 @@ def repo_copy(tmp_path) -> Path:
 # The tiny profile: the real params.yaml, shrunk. Every key kept, only sizes changed, so a
 # typo or a new required key in params.yaml fails here exactly as in a real run.
 TINY_PROFILE: dict[str, dict] = {
-    "data": {"tiers": ["a50"], "horizons": [1]},
+    "data": {"tiers": ["a20", "a50"], "horizons": [1]},
     "train": {"max_epochs": 2, "patience": 1},
-    "hpo": {"tiers": ["a50"], "budgets": ["20K", "40K"], "horizons": [1], "trials": 3, "forced": 2,
-            "threads": 2},
+    "hpo": {"tiers": ["a20", "a50"], "budgets": ["20K", "40K"], "horizons": [1], "trials": 3, "forced": 2,
+            "threads": 2, "refit_seeds": 2},
     "cross_budget": {"seeds": 2},
-    "report": {"tiers": ["a50"]},
+    "report": {"tiers": [], "bootstrap_reps": 200},
+    "select": {"bootstrap_reps": 200, "mcs_reps": 100, "spa_reps": 100},
 }
 
 

@@ -1,0 +1,67 @@
+"""The MLflow run of a pipeline stage: one way to create it, nest it, batch its logs and end it.
+
+A stage run is created with the client, never ``mlflow.start_run()``: under ``mlflow run`` the
+entry process has ``MLFLOW_RUN_ID`` set, and ``start_run`` would *resume* that run instead of
+nesting under it. So the parent is resolved here, once, for every stage: a ``MLFLOW_RUN_ID`` that
+is not a run of the tracking store is a one-line error (it names the store and what to do), never
+a silent un-nested run. The run always ends FINISHED, FAILED or KILLED, never RUNNING.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from common import paths, provenance
+from common.errors import TierHpoError
+from common.redact import redact
+
+PARENT_TAG = "mlflow.parentRunId"
+BATCH = 1000  # MLflow's log_batch limit on metrics (and on metrics + params + tags)
+
+
+def parent_run(client: Any) -> tuple[str | None, str | None]:
+    """``(experiment_id, run_id)`` of ``MLFLOW_RUN_ID``, or ``(None, None)`` when it is not set."""
+    from mlflow.exceptions import MlflowException
+
+    outer = os.environ.get("MLFLOW_RUN_ID")
+    if not outer:
+        return None, None
+    try:
+        return str(client.get_run(outer).info.experiment_id), outer
+    except MlflowException:
+        raise TierHpoError(f"MLFLOW_RUN_ID={outer[:80]} is not a run of the tracking store "
+                           f"{redact(paths.mlflow_tracking_uri())}; unset it or fix MLFLOW_TRACKING_URI") from None
+
+
+def log_batch(client: Any, run_id: str, metrics: list[Any] = (), params: list[Any] = (), tags: list[Any] = ()) -> None:
+    """``client.log_batch`` in chunks that respect MLflow's limits (params and tags go first)."""
+    rows = [("p", p) for p in params] + [("t", t) for t in tags] + [("m", m) for m in metrics]
+    for start in range(0, len(rows), BATCH):
+        chunk = rows[start:start + BATCH]
+        client.log_batch(run_id, metrics=[r for k, r in chunk if k == "m"], params=[r for k, r in chunk if k == "p"],
+                         tags=[r for k, r in chunk if k == "t"])
+
+
+@contextlib.contextmanager
+def stage_run(client: Any, experiment_id: str, stage: str, run_name: str,
+              tags: dict[str, str] | None = None) -> Iterator[str]:
+    """A RUNNING run of ``stage`` (nested under ``MLFLOW_RUN_ID`` when set); yields its id, then ends it."""
+    from mlflow.entities import RunStatus
+
+    outer_experiment, outer = parent_run(client)
+    all_tags = {"stage": stage, **provenance.run_tags(), **(tags or {})}
+    if outer:
+        all_tags[PARENT_TAG] = outer
+    run = client.create_run(outer_experiment or str(experiment_id), run_name=run_name, tags=all_tags)
+    status = RunStatus.to_string(RunStatus.FAILED)
+    try:
+        yield run.info.run_id
+        status = RunStatus.to_string(RunStatus.FINISHED)
+    except KeyboardInterrupt:
+        status = RunStatus.to_string(RunStatus.KILLED)
+        raise
+    finally:
+        client.set_terminated(run.info.run_id, status=status)
