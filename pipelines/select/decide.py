@@ -30,7 +30,8 @@ from evaluation import verdicts
 from evaluation.auc import rank_auc
 from evaluation.seed_bootstrap import Comparison
 from pipelines.select.scores import CellScores, Scores, align, common_days
-from training import baseline_record, selection_record as rec
+from training import baseline_record
+from training import selection_record as rec
 from training.budget import parse_budget
 
 TEST_NAME = "two-level bootstrap (seeds x stationary day blocks), paired AUC difference"

@@ -10,6 +10,7 @@ of making another. The symbol is in the name, so another symbol's runs never com
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from training.selection_record import SelectionRecord
@@ -66,10 +67,8 @@ def apply_aliases(client: Any, record: SelectionRecord, registered: dict[str, tu
     if champion:
         client.set_registered_model_alias(name, CHAMPION, mv.version)
     else:
-        try:
+        with contextlib.suppress(MlflowException):  # there was no champion alias
             client.delete_registered_model_alias(name, CHAMPION)
-        except MlflowException:
-            pass  # there was no champion alias
     client.set_registered_model_tag(name, "champion_decision", decision[:4000])
     return {"name": name, "version": int(mv.version), "source": source, "candidate": key,
             "champion": key if champion else None, "decision": decision}
