@@ -113,3 +113,13 @@ def test_metrics_params_validation():
     assert MetricsParams().ece_bins == 15
     with pytest.raises(TierHpoError, match="ece_bins"):
         MetricsParams(ece_bins=0)
+
+
+def test_skill_against_the_split_rate_sees_a_prevalence_shift():
+    """Train rate 0.25, split rate 0.12: a constant at the split rate has split skill 0 but train skill > 0."""
+    from evaluation.metrics import classification_metrics
+
+    y = np.r_[np.ones(12), np.zeros(88)]
+    m = classification_metrics(y, np.full(100, 0.12), "test", base_rate=0.25)
+    assert m["test/log_loss_skill"] > 0.02
+    assert abs(m["test/log_loss_skill_split"]) < 1e-9

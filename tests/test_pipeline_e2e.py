@@ -92,8 +92,8 @@ def tiny(tmp_path_factory):
     return SimpleNamespace(repo=repo, root=root, env=env)
 
 
-def test_mlflow_run_runs_the_tier_pipeline_with_nested_runs(tiny):
-    sh([str(BIN / "mlflow"), "run", ".", "-P", "tier=a50", "--env-manager", "local"], tiny.repo, tiny.env)
+def test_mlflow_run_runs_the_grid_with_nested_runs_and_one_candidate(tiny):
+    sh([str(BIN / "mlflow"), "run", ".", "--env-manager", "local"], tiny.repo, tiny.env)
 
     client = MlflowClient(tiny.env["MLFLOW_TRACKING_URI"])
     experiments = [e.experiment_id for e in client.search_experiments()]
@@ -101,7 +101,8 @@ def test_mlflow_run_runs_the_tier_pipeline_with_nested_runs(tiny):
     outer = [r for r in runs if r.data.tags.get("mlflow.project.entryPoint") == "main"]
     assert len(outer) == 1 and outer[0].info.status == "FINISHED"
     parents = [r for r in runs if "study_name" in r.data.tags and "trial_number" not in r.data.tags]
-    assert {r.data.tags["budget"] for r in parents} == {"20K", "40K"}
+    assert {(r.data.tags["tier"], r.data.tags["budget"]) for r in parents} == {
+        (t, b) for t in ("a20", "a50") for b in ("20K", "40K")}
     for parent in parents:
         assert parent.data.tags["mlflow.parentRunId"] == outer[0].info.run_id
         children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
@@ -109,10 +110,35 @@ def test_mlflow_run_runs_the_tier_pipeline_with_nested_runs(tiny):
         finished = [r for r in children if r.info.status == "FINISHED"]
         assert len(finished) >= 3 and all("val/auc" in r.data.metrics for r in finished)
     assert not running_runs(tiny.env)
-    for budget in ("20K", "40K"):
-        assert client.get_registered_model(f"tierhpo-a50-h1-{budget}").latest_versions
-    assert (tiny.repo / "reports" / "summary.md").stat().st_size > 0
+    for tier in ("a20", "a50"):
+        for budget in ("20K", "40K"):
+            assert client.get_registered_model(f"tierhpo-SPY-{tier}-h1-{budget}").latest_versions
+    verdicts = json.loads((tiny.repo / "results" / "select" / "h1" / "verdicts.json").read_text())
+    candidate = client.get_model_version_by_alias("tierhpo-SPY-h1", "candidate")
+    assert (candidate.tags["tier"], candidate.tags["budget"]) == (verdicts["best"]["tier"], verdicts["best"]["budget"])
+    aliases = client.get_registered_model("tierhpo-SPY-h1").aliases
+    assert ("champion" in aliases) == verdicts["gate"]["passed"]
+    summary = (tiny.repo / "reports" / "summary.md").read_text()
+    assert f"{verdicts['best']['tier']}/{verdicts['best']['budget']}" in summary or verdicts["best"]["tier"] in summary
+    served = sh([sys.executable, "-c", SERVE_CANDIDATE], tiny.repo, tiny.env)
+    probs = json.loads(served.strip().splitlines()[-1])
+    assert len(probs) == 3 and all(0 < p < 1 for p in probs)
     assert "up to date" in sh(["dvc", "status"], tiny.repo, tiny.env)
+
+
+# The README's serving path: the grid's candidate, loaded by alias, on raw tier rows of three windows.
+SERVE_CANDIDATE = """
+import json, numpy as np, pandas as pd, mlflow
+from training.dataset import load_tier
+mv = mlflow.MlflowClient().get_model_version_by_alias("tierhpo-SPY-h1", "candidate")
+data = load_tier("SPY", mv.tags["tier"], 1)
+idx = data.window_index("test")[:3]
+raw = data.features[idx] * data.std + data.mean
+frame = pd.DataFrame(raw.reshape(-1, data.n_features), columns=list(data.feature_names))
+frame["window_id"] = np.repeat(np.arange(3), data.context_len)
+model = mlflow.pyfunc.load_model("models:/tierhpo-SPY-h1@candidate")
+print(json.dumps([float(p) for p in model.predict(frame)["probability"]]))
+"""
 
 
 def test_second_dvc_repro_does_nothing(tiny):
@@ -142,7 +168,7 @@ def test_tagged_result_is_recomputed_exactly_from_scratch(tiny):
 def test_batch_resumes_after_sigkill(tiny):
     git(tiny.repo, "checkout", "-qf", "main")  # back from the tag; DVC re-runs what the checkout made stale
     set_params(tiny.repo, hpo={"trials": 4})  # the study name excludes the trial count: it resumes
-    batch = subprocess.Popen([str(BIN / "tierhpo"), "batch", "--tier", "a50"], cwd=tiny.repo, env=tiny.env,
+    batch = subprocess.Popen([str(BIN / "tierhpo"), "batch"], cwd=tiny.repo, env=tiny.env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 600
@@ -158,8 +184,8 @@ def test_batch_resumes_after_sigkill(tiny):
         if batch.poll() is None:
             os.killpg(batch.pid, signal.SIGKILL)
 
-    out = sh([str(BIN / "tierhpo"), "batch", "--tier", "a50"], tiny.repo, tiny.env)
-    assert "[batch 1/" in out and "budget 1/2" in out
+    out = sh([str(BIN / "tierhpo"), "batch"], tiny.repo, tiny.env)
+    assert "[batch 1/" in out and "budget 1/4" in out
     for study in studies(tiny.env):
         complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         assert len(complete) == 4, study.study_name
