@@ -107,7 +107,7 @@ def test_mlflow_run_runs_the_tier_pipeline_with_nested_runs(tiny):
         children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
                     and "trial_number" in r.data.tags]
         finished = [r for r in children if r.info.status == "FINISHED"]
-        assert len(finished) >= 3 and all("val/auc" in r.data.metrics for r in finished)
+        assert len(finished) >= 3 and all("best/val/auc" in r.data.metrics for r in finished)
     assert not running_runs(tiny.env)
     for budget in ("20K", "40K"):
         assert client.get_registered_model(f"tierhpo-a50-h1-{budget}").latest_versions
