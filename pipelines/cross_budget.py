@@ -462,7 +462,8 @@ def run_cross_budget(tier: str, horizon: int, budgets: list[str], cfg: CrossBudg
                                    "n_params": result.n_params, "seed": seed})
                 for step in result.history:
                     mlflow.log_metrics({k: v for k, v in step.items() if k.startswith("val/")}, step=int(step["epoch"]))
-                mlflow.log_metrics({k: v for k, v in result.val_metrics.items() if math.isfinite(v)})
+                # best-epoch summary under best/...; val/... are the per-epoch curves above
+                mlflow.log_metrics({f"best/{k}": v for k, v in result.val_metrics.items() if math.isfinite(v)})
 
         train_cells(cells, studies, data, on_run=log_cell)
         doc = matrix_document(tier, horizon, budgets, cells, studies, cfg, summarise(cells, budgets, cfg))

@@ -27,9 +27,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import psycopg2
+import psycopg
 import pytest
-from psycopg2 import sql
+from psycopg import sql
 from sqlalchemy.engine import make_url
 
 ADMIN_URL = os.environ.get("TIERHPO_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -39,24 +39,26 @@ SERVER_STOP_TIMEOUT_S = 5.0  # its state is in PostgreSQL: a SIGKILL after this 
 
 
 def _admin_connection(url: str = ADMIN_URL):
-    conn = psycopg2.connect(make_url(url).render_as_string(hide_password=False), connect_timeout=5)
-    conn.autocommit = True  # CREATE/DROP DATABASE cannot run inside a transaction
-    return conn
+    # psycopg 3 takes the libpq URL: drop a SQLAlchemy '+driver' suffix if the caller gave one.
+    libpq = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    # autocommit: CREATE/DROP DATABASE cannot run inside a transaction
+    return psycopg.connect(libpq, connect_timeout=5, autocommit=True)
 
 
 def postgres_unavailable_reason(url: str = ADMIN_URL) -> str | None:
     """None when the test server answers, else a one-line reason."""
     try:
         _admin_connection(url).close()
-    except psycopg2.Error as exc:
+    except psycopg.Error as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return f"PostgreSQL at {make_url(url).render_as_string(hide_password=True)} is not usable: {first}"
     return None
 
 
 def database_url(name: str, admin_url: str = ADMIN_URL) -> str:
-    """SQLAlchemy URL (psycopg2 driver) of database ``name`` on the admin server."""
-    url = make_url(admin_url).set(drivername="postgresql+psycopg2", database=name)
+    """Plain ``postgresql://`` URL of database ``name`` on the admin server: the one URL that
+    SQLAlchemy (psycopg 3, its default driver), Optuna, optuna-dashboard and ``mlflow server`` all take."""
+    url = make_url(admin_url).set(drivername="postgresql", database=name)
     return url.render_as_string(hide_password=False)
 
 

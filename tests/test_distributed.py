@@ -52,7 +52,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
     ("url", "shown"),
     [
         ("postgresql://alice:s3cret@db.example:5432/hpo", "postgresql://***@db.example:5432/hpo"),
-        ("postgresql+psycopg2://alice:p%40ss@h/hpo", "postgresql+psycopg2://***@h/hpo"),
+        ("postgresql+psycopg://alice:p%40ss@h/hpo", "postgresql+psycopg://***@h/hpo"),
         ("postgresql://alice:p@ss@h/hpo", "postgresql://***@h/hpo"),
         ("postgresql://alice@h/hpo?password=s3cret&sslmode=require", "postgresql://***@h/hpo?password=***&sslmode=require"),
         ("postgresql://h/hpo?sslpassword=a&api_key=b&token=c&client_secret=d&x=1",
@@ -72,7 +72,9 @@ def test_redact_hides_user_info_and_secret_parameters(url, shown):
         ("not a url", "cannot parse"),
         ("postgresql://h:port/db", "port must be a number"),
         ("mysql://u@h/db", "unsupported storage backend 'mysql'"),
-        ("postgresql+asyncpg://u@h/db", "driver 'asyncpg' is not installed"),
+        ("postgresql+asyncpg://u@h/db", "driver 'asyncpg' is not supported"),
+        ("postgresql+psycopg2://u@h/db", "driver 'psycopg2' is not supported"),
+        ("postgres://u@h/db", "write postgresql://"),
         ("postgresql://u@h", "names no database"),
         ("sqlite://", "in-memory"),
         ("sqlite:///relative/optuna.db", "relative SQLite path"),
@@ -98,8 +100,9 @@ def test_password_in_params_file_is_refused_but_allowed_from_env():
     with pytest.raises(TierHpoError) as info:
         sc.normalize_storage_url(url, from_params_file=True)
     assert "s3cret" not in str(info.value) and "~/.pgpass" in str(info.value)
-    assert sc.normalize_storage_url(url) == "postgresql+psycopg2://alice:s3cret@h/hpo"
-    assert sc.normalize_storage_url("postgres://alice@h/hpo") == "postgresql+psycopg2://alice@h/hpo"
+    # Nothing is rewritten: the URL that Optuna, optuna-dashboard and mlflow server take as is.
+    assert sc.normalize_storage_url(url) == url
+    assert sc.normalize_storage_url("postgresql+psycopg://alice@h/hpo") == "postgresql+psycopg://alice@h/hpo"
 
 
 def test_plan_workers_splits_cores_into_disjoint_pinned_sets():
@@ -113,7 +116,7 @@ def test_plan_workers_splits_cores_into_disjoint_pinned_sets():
 
 
 def test_a_refused_connection_counts_as_connection_loss_and_a_bug_does_not():
-    engine = sqlalchemy.create_engine(f"postgresql+psycopg2://u@127.0.0.1:{free_port()}/x",
+    engine = sqlalchemy.create_engine(f"postgresql://u@127.0.0.1:{free_port()}/x",
                                       connect_args={"connect_timeout": 2})
     with pytest.raises(sqlalchemy.exc.OperationalError) as info:
         engine.connect()

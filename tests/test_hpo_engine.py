@@ -66,6 +66,12 @@ def finished(tmp_path_factory, store_templates):  # noqa: F811
             "outputs": outputs, "study": study, "handle": handle}
 
 
+def test_study_names_its_objective_and_the_experiment_opens_on_runs(finished):
+    assert finished["study"].metric_names == ["val/auc"]
+    exp = finished["client"].get_experiment(finished["result"].experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
 def test_forced_trials_run_first_and_are_tagged(finished):
     trials = finished["study"].get_trials()
     assert [t.user_attrs["phase"] for t in trials[:2]] == ["forced", "forced"]
@@ -100,6 +106,10 @@ def test_one_parent_with_a_nested_run_per_trial(finished):
         assert parent.data.tags[key], key
     assert parent.data.tags["study_name"] == finished["spec"].study_name
     assert "hpo/wasted_fraction" in parent.data.metrics and "best/val/auc" in parent.data.metrics
+    assert {"coverage.json", "coverage.md"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    with open(client.download_artifacts(parent.info.run_id, "coverage.md")) as table:
+        assert "| axis |" in table.read()
+    assert not [k for k in parent.data.metrics if k.startswith("coverage/")]
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     assert {"plots/optimization_history.png", "plots/parallel_coordinate.png"} <= plots
 
@@ -111,19 +121,25 @@ def test_one_parent_with_a_nested_run_per_trial(finished):
         tags = run.data.tags
         assert {"phase", "trial_number", "state", "wasted_reason"} <= set(tags)
         assert tags["state"] == "COMPLETE"
-        assert "coverage/overall" in run.data.metrics
+        # coverage is a param set (and a JSON artifact), never a metric
+        assert not [k for k in run.data.metrics if k.startswith("coverage")]
+        assert 0.0 <= float(run.data.params["coverage.overall"]) <= 1.0
         assert "coverage.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
         if tags["wasted_reason"] == "duplicate":
+            assert not [k for k in run.data.metrics if k.startswith(("val/", "best/"))]
             continue
-        assert int(run.data.params["n_params"]) == run.data.metrics["n_params"]
-        assert abs(run.data.metrics["n_params"] - 5000) <= 500  # the real count, within the budget
-        for name in ("val/auc", "val/brier", "val/log_loss_skill", "val/pred_std", "val/ece"):
-            assert math.isfinite(run.data.metrics[name]), name
-        steps = client.get_metric_history(run.info.run_id, "val/auc")
-        assert {m.step for m in steps} >= {1, 2} and len(steps) >= 3  # per-epoch + final
-        # The run's shown value (what the MLflow table sorts and searches) is the trial's own, Optuna's
+        assert "n_params" not in run.data.metrics
+        assert abs(int(run.data.params["n_params"]) - 5000) <= 500  # the real count, within the budget
         trial = trials[int(tags["trial_number"])]
-        assert run.data.metrics["val/auc"] == pytest.approx(trial.user_attrs["metrics"]["val/auc"])
+        epochs = trial.user_attrs["info"]["epochs"]
+        # per-epoch curve: exactly one point per epoch, at step=epoch; no summary point mixed in
+        steps = client.get_metric_history(run.info.run_id, "val/auc")
+        assert sorted(m.step for m in steps) == list(range(1, epochs + 1)), [m.step for m in steps]
+        # best-epoch summary under its own keys: Optuna's value, what the MLflow table sorts and searches
+        for name in ("val/auc", "val/brier", "val/log_loss_skill", "val/pred_std", "val/ece"):
+            assert math.isfinite(run.data.metrics[f"best/{name}"]), name
+            assert len(client.get_metric_history(run.info.run_id, f"best/{name}")) == 1, name
+        assert run.data.metrics["best/val/auc"] == pytest.approx(trial.user_attrs["metrics"]["val/auc"])
         assert run.data.metrics["objective"] == pytest.approx(trial.value)
         assert client.get_metric_history(run.info.run_id, "train/loss")
 

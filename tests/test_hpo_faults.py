@@ -189,6 +189,6 @@ def test_a_complete_whose_reply_was_lost_still_ends_its_run_finished(monkeypatch
         run = client.get_run(t.user_attrs["mlflow_run_id"])
         assert run.info.status == "FINISHED" and run.data.tags["state"] == "COMPLETE", t.number
         assert run.data.metrics["objective"] == pytest.approx(t.value)
-        assert run.data.metrics["val/auc"] == pytest.approx(t.user_attrs["metrics"]["val/auc"])
+        assert run.data.metrics["best/val/auc"] == pytest.approx(t.user_attrs["metrics"]["val/auc"])
     reconciled = client.get_run(next(t for t in complete if t.number == lost[0]).user_attrs["mlflow_run_id"])
     assert reconciled.data.tags["closed_by"] == "reconcile"

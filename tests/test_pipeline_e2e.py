@@ -108,7 +108,7 @@ def test_mlflow_run_runs_the_grid_with_nested_runs_and_one_candidate(tiny):
         children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
                     and "trial_number" in r.data.tags]
         finished = [r for r in children if r.info.status == "FINISHED"]
-        assert len(finished) >= 3 and all("val/auc" in r.data.metrics for r in finished)
+        assert len(finished) >= 3 and all("best/val/auc" in r.data.metrics for r in finished)
     assert not running_runs(tiny.env)
     for tier in ("a20", "a50"):
         for budget in ("20K", "40K"):

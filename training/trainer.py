@@ -54,7 +54,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global grad norm; 0 = off
     pos_weight: float | None = None  # BCE positive-class weight; None = unweighted
     seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto: cuda, else mps (Apple silicon), else cpu
     progress: bool = True  # tqdm bars (also silent when stderr is not a terminal)
     eval_batch_size: int = 4096
     max_memory_gb: float | None = None  # memory limit of one run (training.memory); None = 80 % of the device
@@ -76,8 +76,8 @@ class TrainConfig:
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise TierHpoError(f"train: invalid value for {bad[0]}: {getattr(self, bad[0])!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise TierHpoError(f"train.device must be auto, cpu or cuda, got {self.device!r}")
+        if self.device not in ("auto", "cpu", "cuda", "mps"):
+            raise TierHpoError(f"train.device must be auto, cpu, cuda or mps, got {self.device!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -156,11 +156,21 @@ class SplitWindows:
         return self.dense[start:stop] if self.dense is not None else self.features[self.index[start:stop]]
 
 
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
 def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when available, else MPS (Apple silicon), else the CPU; a named device must exist."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if _mps_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise TierHpoError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    if name == "mps" and not _mps_available():
+        raise TierHpoError("train.device is 'mps' but no MPS device is available; use 'auto' or 'cpu'")
     return torch.device(name)
 
 
@@ -373,7 +383,7 @@ def _training_attention(device: torch.device) -> Callable[[], contextlib.Abstrac
 def _autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()  # fp32 on the CPU
+    return contextlib.nullcontext()  # fp32 on the CPU and on MPS
 
 
 def _logits(model: nn.Module, windows: SplitWindows, batch_size: int, autocast) -> np.ndarray:

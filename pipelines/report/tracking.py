@@ -51,13 +51,14 @@ def resolve_experiment(tier: str) -> tuple[str, str | None]:
                                f"{paths.mlflow_tracking_uri()}; unset it or fix MLFLOW_TRACKING_URI") from None
     experiment_id = _experiment_id(tier)
     if experiment_id is None:
-        from training.search.tracking import experiment_name
+        from training.search.tracking import create_ml_experiment, experiment_name, mark_ml_experiment
 
         found = client.get_experiment_by_name(experiment_name(tier))
         if found is not None and found.lifecycle_stage == "active":
+            mark_ml_experiment(client, found.experiment_id, found.tags)
             return found.experiment_id, None
-        return client.create_experiment(experiment_name(tier), artifact_location=(
-            f"{paths.mlflow_artifact_root()}/{experiment_name(tier)}")), None
+        return create_ml_experiment(client, experiment_name(tier),
+                                    f"{paths.mlflow_artifact_root()}/{experiment_name(tier)}"), None
     try:
         found = client.get_experiment(experiment_id)
     except MlflowException:

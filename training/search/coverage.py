@@ -82,6 +82,17 @@ class Coverage:
         out.update({f"coverage/{a.name}": self.fraction(a) for a in self.axes})
         return out
 
+    def to_markdown(self) -> str:
+        """The coverage table (one row per axis) for the study's parent run."""
+        lines = [f"Coverage over {self.n_points} explored configurations: overall {self.overall:.3f}", "",
+                 "| axis | params | bins | reachable | occupied | fraction |",
+                 "|---|---|---|---|---|---|"]
+        for a in self.axes:
+            occupied = len(self.occupied[a.name] & a.reachable)
+            lines.append(f"| {a.name} | {', '.join(a.params)} | {' x '.join(map(str, a.shape))} | "
+                         f"{len(a.reachable)} | {occupied} | {self.fraction(a):.3f} |")
+        return "\n".join(lines) + "\n"
+
     def to_json(self) -> dict[str, Any]:
         return {
             "overall": self.overall,

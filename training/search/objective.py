@@ -37,7 +37,7 @@ from training.budget import count_params
 from training.dataset import TierData
 from training.model import ModelConfig
 from training.search import waste
-from training.search.tracking import StudyTracking, Timer, TrialRun
+from training.search.tracking import StudyTracking, Timer, TrialRun, best_metrics, coverage_params
 from training.trainer import EpochReport, TrainConfig, TrainResult, train
 
 log = logging.getLogger(__name__)
@@ -297,8 +297,7 @@ class TrialRunner:
             logged.update({f"train.{k}": v for k, v in train_cfg.to_dict().items() if k not in params})
             logged["n_params"] = n_params
         tags = {**self.base_tags, "phase": phase, "trial_number": str(n), "state": "RUNNING"}
-        metrics = {"n_params": built[2]} if built is not None else None
-        mlrun = self.tracking.start_trial(n, logged, tags, self.log_every_s, metrics)
+        mlrun = self.tracking.start_trial(n, logged, tags, self.log_every_s)  # n_params is a param, not a metric
         with self.storage_timer():
             trial.set_user_attr("mlflow_run_id", mlrun.run_id)
         return mlrun
@@ -338,10 +337,11 @@ class TrialRunner:
             if fail_reason:
                 tags["fail_reason"] = fail_reason
             own = {} if wasted == waste.DUPLICATE else metrics  # a duplicate trained nothing: no val/* of its own
-            final = {**own, **coverage.metrics(), "epochs": epochs}
+            final = {**best_metrics(own), "epochs": epochs}  # best/val/auc ...; val/auc is the per-epoch curve
             if value is not None:
                 final["objective"] = value
-            mlrun.end(status, final, tags, {"coverage.json": coverage.to_json()})
+            mlrun.end(status, final, tags, {"coverage.json": coverage.to_json()},
+                      params=coverage_params(coverage.metrics()))
         seconds = time.perf_counter() - started
         auc = metrics.get("val/auc")
         shown = f"val/auc {auc:.4f}" if isinstance(auc, float) and math.isfinite(auc) else state.name.lower()

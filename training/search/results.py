@@ -170,7 +170,8 @@ def finalize_study(handle: Any, n_trials: int, *, plots: bool = True, status: st
         summary = {"metrics": metrics, "wasted": waste.summarize(trials), "importances": importances,
                    "best_params": best.params if best else None}
         tracking.finish_parent(status, parent_metrics, tags, artifacts=[("plots", p) for p in pngs.values()],
-                               dicts={"summary.json": summary, "coverage.json": coverage.to_json()})
+                               dicts={"summary.json": summary, "coverage.json": coverage.to_json()},
+                               texts={"coverage.md": coverage.to_markdown()})
     if best is None:
         counts = waste.summarize(trials)["count"]
         raise TierHpoError(

@@ -5,9 +5,9 @@ Every failure here is a one-line ``TierHpoError`` that says what to fix, raised 
 first contact, so a typo must stop us earlier, with no study and no file created by accident.
 URLs are shown only through ``common.redact.redact``.
 
-* ``normalize_storage_url(url)``: parse, check the backend, return the URL SQLAlchemy needs
-  (``postgresql://`` and ``postgres://`` become ``postgresql+psycopg2://``: SQLAlchemy 2.1
-  defaults ``postgresql://`` to psycopg 3, which is not installed; psycopg2 is).
+* ``normalize_storage_url(url)``: parse, check the backend, return the URL unchanged in meaning
+  (``postgresql://`` is SQLAlchemy 2.1's psycopg 3 default, the installed driver, so the same URL
+  works in tierhpo, Optuna, optuna-dashboard and ``mlflow server``; nothing is rewritten).
 * ``check_storage_reachable(url)``: connect once (short timeout) and translate libpq failures
   (missing database, refused connection, bad credentials) into one actionable line.
 * ``ensure_schema(url)``: create Optuna's tables once, under a lock.
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
     from training.search.config import StorageConfig
 
-PG_DRIVER = "postgresql+psycopg2"
+PG_DRIVERS = (None, "psycopg")  # psycopg 3 (psycopg[binary]); SQLAlchemy's default for postgresql://
 CONNECT_TIMEOUT_S = 5
 SUPPORTED = "sqlite:////abs/path/optuna.db or postgresql://USER@HOST[:PORT]/DBNAME"
 
@@ -103,13 +103,17 @@ def normalize_storage_url(url: str, *, from_params_file: bool = False) -> str:
         if path.exists() and not path.is_file():
             raise TierHpoError(f"storage URL {shown}: {path} is not a file")
         return parsed.set(database=str(path)).render_as_string(hide_password=False)
-    if backend in ("postgresql", "postgres"):
-        if driver not in (None, "psycopg2"):
-            raise TierHpoError(f"storage URL {shown}: driver '{driver}' is not installed; "
-                               f"use postgresql://... (psycopg2)")
+    if backend == "postgres":
+        # SQLAlchemy, Optuna and MLflow all refuse the 'postgres' scheme: say so here, once.
+        raise TierHpoError(f"storage URL {shown}: write postgresql://..., the scheme SQLAlchemy, Optuna "
+                           f"and mlflow server accept")
+    if backend == "postgresql":
+        if driver not in PG_DRIVERS:
+            raise TierHpoError(f"storage URL {shown}: driver '{driver}' is not supported; "
+                               f"use postgresql://... (psycopg 3, SQLAlchemy's default)")
         if not parsed.database:
             raise TierHpoError(f"storage URL {shown} names no database; use {SUPPORTED}")
-        return parsed.set(drivername=PG_DRIVER).render_as_string(hide_password=False)
+        return str(url).strip()
     raise TierHpoError(f"unsupported storage backend '{parsed.drivername}' in {shown}; use {SUPPORTED}")
 
 
@@ -341,7 +345,7 @@ def _sqlite_wal(url: str) -> None:
 def make_storage(url: str, cfg: StorageConfig,
                  on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None) -> RDBStorage:
     """RDB storage with heartbeats (when ``cfg`` sets them); a bad or unreachable URL is one
-    actionable line; ``postgresql://`` is mapped to psycopg2."""
+    actionable line; ``postgresql://`` is used as given: psycopg 3."""
     import warnings
 
     import sqlalchemy.exc

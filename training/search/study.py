@@ -38,7 +38,7 @@ from training.search.liveness import StaleTrialHandler
 from training.search.sampler import CoverageSampler, derived_seed
 from training.search.spec import SPEC_ATTR, Engine, StudySpec, build_engine
 from training.search.storage import make_storage
-from training.search.tracking import PARENT_ATTR, RUN_ATTR, TRIAL_TAG, StudyTracking
+from training.search.tracking import PARENT_ATTR, RUN_ATTR, TRIAL_TAG, StudyTracking, best_metrics
 from training.search.worker import StudyHandle, WorkerReport, WorkerSettings, fill
 
 __all__ = ["SPEC_ATTR", "StudyHandle", "StudySpec", "WorkerReport", "WorkerSettings", "base_tags", "build_engine", "check_joinable",
@@ -61,6 +61,19 @@ def _sampler(engine: Engine, worker_index: int) -> optuna.samplers.BaseSampler:
                            worker_index=worker_index)
 
 
+OBJECTIVE_NAMES = ["val/auc"]  # what the single objective is, for Optuna's dashboard and plots
+
+
+def _set_metric_names(study: optuna.Study) -> None:
+    import warnings
+
+    from optuna.exceptions import ExperimentalWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        study.set_metric_names(OBJECTIVE_NAMES)
+
+
 def open_study(spec: StudySpec, storage_url: str | None = None, settings: WorkerSettings | None = None,
                *, worker_index: int = 0, lock: Callable[[], contextlib.AbstractContextManager] | None = None,
                engine: Engine | None = None) -> StudyHandle:
@@ -77,6 +90,8 @@ def open_study(spec: StudySpec, storage_url: str | None = None, settings: Worker
     with (lock or contextlib.nullcontext)():
         study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
                                     direction="maximize", load_if_exists=True)
+        if study.metric_names != OBJECTIVE_NAMES:
+            _set_metric_names(study)
         identity = json.loads(json.dumps(spec.identity(), default=str))
         stored = study.user_attrs.get(SPEC_ATTR)
         if stored is None:
@@ -128,7 +143,7 @@ def reconcile_runs(handle: StudyHandle) -> int:
             continue
         info = trial.user_attrs.get("info") or {}
         epochs = info["epochs"] if isinstance(info.get("epochs"), int) else 0
-        metrics = {**(trial.user_attrs.get("metrics") or {}), "objective": trial.value, "epochs": epochs}
+        metrics = {**best_metrics(trial.user_attrs.get("metrics") or {}), "objective": trial.value, "epochs": epochs}
         handle.tracking.mark_finished(run.info.run_id, metrics, {
             "state": "COMPLETE", "wasted_reason": trial.user_attrs.get("wasted") or "none", "closed_by": "reconcile"},
             step=epochs)

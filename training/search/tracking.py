@@ -11,6 +11,18 @@ Run statuses follow the trial: FINISHED (complete), KILLED (pruned, interrupted,
 FAILED (exception, NaN loss, infeasible). Callers end runs in ``finally`` blocks, and
 :meth:`StudyTracking.reconcile` closes any run a killed process left RUNNING.
 
+Metric layout (one key, one meaning, so no chart mixes two things under one name):
+
+* per-epoch curves: ``val/auc``, ``train/loss``, ... with ``step=epoch`` (:meth:`TrialRun.log_epoch`);
+* the trial's best-epoch summary (Optuna's value): ``best/val/auc``, ``best/val/loss``, ... (:func:`best_metrics`),
+  plus ``objective`` and ``epochs``;
+* coverage after a trial: params ``coverage.<axis>`` and the ``coverage.json`` artifact, never metrics;
+  the parent run carries the study's coverage table (``coverage.json`` and ``coverage.md``);
+* ``n_params`` is a param.
+
+Experiments are tagged ``mlflow.experimentKind=custom_model_development`` so the MLflow 3 UI opens them
+on their runs (the ML view), not on the GenAI traces view.
+
 Per-epoch step metrics are buffered and flushed at most every ``log_every_s`` seconds (and at the
 end of the trial): one ``log_batch`` per flush keeps the tracking overhead small for short epochs.
 """
@@ -45,6 +57,34 @@ EXPERIMENT_ATTR = "mlflow_experiment_id"
 RUN_ATTR = "mlflow_run_id"  # trial user attr
 _BATCH = {"metrics": 1000, "params": 100, "tags": 100}  # MLflow's per-request limits
 _BATCH_TOTAL = 1000
+BEST_PREFIX = "best/"  # best-epoch summary metrics: best/val/auc, ...; per-epoch curves keep val/auc
+# What the MLflow 3 UI reads to choose an experiment's view (mlflow/server/js: ExperimentKind).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+ML_EXPERIMENT_KIND = "custom_model_development"
+
+
+def best_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
+    """A trial's best-epoch metrics under their summary keys (``val/auc`` -> ``best/val/auc``)."""
+    return {k if k.startswith(BEST_PREFIX) else f"{BEST_PREFIX}{k}": v for k, v in metrics.items()}
+
+
+def coverage_params(coverage_metrics: Mapping[str, float]) -> dict[str, str]:
+    """Coverage fractions as run params: ``coverage/overall`` -> ``coverage.overall``."""
+    return {"coverage." + k.split("/", 1)[-1]: f"{float(v):.4f}" for k, v in coverage_metrics.items()}
+
+
+def mark_ml_experiment(client: MlflowClient, experiment_id: str, tags: Mapping[str, str] | None = None) -> None:
+    """Tag an experiment as a model-training one (the MLflow 3 UI then opens it on its runs);
+    nothing is written when the tag is already there."""
+    current = tags if tags is not None else client.get_experiment(experiment_id).tags
+    if current.get(EXPERIMENT_KIND_TAG) != ML_EXPERIMENT_KIND:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, ML_EXPERIMENT_KIND)
+
+
+def create_ml_experiment(client: MlflowClient, name: str, artifact_location: str | None = None) -> str:
+    """``create_experiment`` with the ML-view tag."""
+    return client.create_experiment(name, artifact_location=artifact_location,
+                                    tags={EXPERIMENT_KIND_TAG: ML_EXPERIMENT_KIND})
 
 
 def experiment_name(tier: str) -> str:
@@ -107,13 +147,14 @@ class StudyTracking:
             if exp is None:
                 location = f"{paths.mlflow_artifact_root()}/{name}" if _local_store(self.uri) else None
                 try:
-                    return self.client.create_experiment(name, artifact_location=location)
+                    return create_ml_experiment(self.client, name, location)
                 except MlflowException:  # created meanwhile by another worker
                     exp = self.client.get_experiment_by_name(name)
                     if exp is None:
                         raise
             if exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)
+            mark_ml_experiment(self.client, exp.experiment_id, exp.tags)
             return exp.experiment_id
 
     def open_parent(self, stored_run_id: str | None, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
@@ -122,6 +163,8 @@ class StudyTracking:
             run = self._existing(stored_run_id)
             if run is None:
                 outer = self._outer_run()
+                if outer is not None:
+                    mark_ml_experiment(self.client, outer.info.experiment_id)
                 self.experiment_id = outer.info.experiment_id if outer else self.ensure_experiment()
                 run = self._find_parent() or self._create_parent(outer, params, tags)
             self.experiment_id = run.info.experiment_id
@@ -163,7 +206,8 @@ class StudyTracking:
         return run
 
     def finish_parent(self, status: str, metrics: Mapping[str, float], tags: Mapping[str, str],
-                      artifacts: list[tuple[str, Path]] | None = None, dicts: Mapping[str, Any] | None = None) -> None:
+                      artifacts: list[tuple[str, Path]] | None = None, dicts: Mapping[str, Any] | None = None,
+                      texts: Mapping[str, str] | None = None) -> None:
         """Log the study summary to the parent run and end it with ``status``."""
         assert self.parent_run_id is not None
         with self.timer():
@@ -172,6 +216,8 @@ class StudyTracking:
                 self.client.log_artifact(self.parent_run_id, str(local), artifact_dir or None)
             for name, obj in (dicts or {}).items():
                 self.client.log_dict(self.parent_run_id, obj, name)
+            for name, text in (texts or {}).items():
+                self.client.log_text(self.parent_run_id, text, name)
             self.client.set_terminated(self.parent_run_id, status)
 
     def set_parent_status(self, status: str) -> None:
@@ -284,8 +330,8 @@ class TrialRun:
             self.tracking.client.log_artifact(self.run_id, str(local), str(Path(artifact_file).parent))
 
     def end(self, status: str, metrics: Mapping[str, float] | None = None, tags: Mapping[str, str] | None = None,
-            dicts: Mapping[str, Any] | None = None) -> None:
-        """Flush step metrics, log the final ``metrics``/``tags`` (one request) and JSON ``dicts``,
+            dicts: Mapping[str, Any] | None = None, params: Mapping[str, Any] | None = None) -> None:
+        """Flush step metrics, log the final ``metrics``/``tags``/``params`` (one request) and JSON ``dicts``,
         then set the final status. Idempotent; the status is set even if logging fails."""
         if self.ended:
             return
@@ -294,14 +340,15 @@ class TrialRun:
             raise TierHpoError(f"unknown MLflow run status {status}")
         with self.tracking.timer():
             try:
-                # At the last epoch's step and a later time: MLflow shows the value of the highest
-                # (step, timestamp) as a run's metric, so the table and `metrics.val/auc > x` searches
-                # see the trial's best-epoch values (Optuna's), not the last epoch's.
+                # Summary keys (best/val/auc, objective, epochs) are distinct from the per-epoch
+                # curves (val/auc at step=epoch), so no chart joins the two; they sit at the last
+                # epoch's step so a step-axis chart of them lines up with the curves.
                 stamp = max(_now_ms(), self._last_stamp + 1)
                 final = self._pending + [Metric(k, v, stamp, self._last_step)
                                          for k, v in _finite(metrics or {}).items()]
                 self._pending = []
-                self.tracking._log_batch(self.run_id, metrics=final, tags=tags)
+                self.tracking._log_batch(self.run_id, metrics=final, tags=tags,
+                                         params={k: _str(v) for k, v in (params or {}).items()})
                 for name, obj in (dicts or {}).items():
                     self.tracking.client.log_dict(self.run_id, obj, name)
             finally:
