@@ -40,10 +40,10 @@ import numpy as np
 import pandas as pd
 import typer
 
-from evaluation import plots, stats
-from training.search import analysis as hpo_analysis
 from common import atomic, config, paths, provenance
 from common.errors import TierHpoError
+from evaluation import plots, stats
+from training.search import analysis as hpo_analysis
 
 app = typer.Typer(add_completion=False)
 
@@ -178,7 +178,10 @@ def open_storage() -> Any:
     else:
         url = check_storage_reachable(url)
         kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, skip_table_creation=True)
+    from common import store_init
+
+    return store_init.open_optuna_sqlite(
+        url, lambda: optuna.storages.RDBStorage(url, engine_kwargs=kwargs, skip_table_creation=True), writable=False)
 
 
 def load_studies(tier: str, horizon: int) -> list[Study]:
@@ -897,9 +900,10 @@ def resolve_experiment(tier: str) -> tuple[str, str | None]:
     falls back to the engine's experiment name for the tier.
     """
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=paths.mlflow_tracking_uri())
+    from common import store_init
+
+    client = store_init.mlflow_client(paths.mlflow_tracking_uri())
     outer = os.environ.get("MLFLOW_RUN_ID")
     if outer:
         try:
@@ -937,9 +941,10 @@ def log_to_mlflow(report: dict[str, Any], report_dir: Path) -> str:
     FAILED or KILLED.
     """
     from mlflow.entities import RunStatus
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=paths.mlflow_tracking_uri())
+    from common import store_init
+
+    client = store_init.mlflow_client(paths.mlflow_tracking_uri())
     experiment_id, parent = resolve_experiment(report["tier"])
     tags = {"stage": "report", "tier": report["tier"], "git_commit": report["git_commit"],
             "data_version": report["data_version"],
