@@ -62,7 +62,9 @@ def mlflow_fluent_tracking() -> Iterator[str]:
     """
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-    uri = mlflow_tracking_uri()
+    from common import store_init
+
+    uri = store_init.ensure_mlflow_store(mlflow_tracking_uri())
     with _use_tracking_uri(uri):
         yield uri
 

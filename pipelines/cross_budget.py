@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 import typer
 
-from common import atomic, config, paths, provenance
+from common import atomic, config, paths, provenance, store_init
 from common.errors import TierHpoError
 
 log = logging.getLogger(__name__)
@@ -221,13 +221,12 @@ def recorded_trial_seconds(study: Study) -> float | None:
 
 
 def _mlflow_trial_seconds(study: Study) -> float | None:
-    import mlflow
 
     parent = study.best.get("parent_run_id")
     if not parent:
         return None
     try:
-        runs = mlflow.MlflowClient(paths.mlflow_tracking_uri()).search_runs(
+        runs = store_init.mlflow_client(paths.mlflow_tracking_uri()).search_runs(
             [str(study.best["experiment_id"])],
             filter_string=f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'FINISHED'",
             max_results=1000,
@@ -445,7 +444,7 @@ def run_cross_budget(tier: str, horizon: int, budgets: list[str], cfg: CrossBudg
 
     studies = {b: read_study(tier, b, horizon) for b in budgets}
     cells = plan(studies, cfg, solver_rules())
-    client = mlflow.MlflowClient(paths.mlflow_tracking_uri())
+    client = store_init.mlflow_client(paths.mlflow_tracking_uri())
     run = create_stage_run(client, studies[budgets[0]].best["experiment_id"], STAGE, STAGE,
                            {"tier": tier, "horizon": str(horizon), "budgets": ",".join(budgets)})
     experiment_id = run.info.experiment_id

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 import typer
 
-from common import atomic, config, paths, provenance
+from common import atomic, config, paths, provenance, store_init
 from common.errors import TierHpoError
 from evaluation.calibration import CalibrationConfig
 from pipelines.cross_budget import Study, create_stage_run, load_data, read_study, resolve_budgets
@@ -286,7 +286,7 @@ def promote_budget(study: Study, data: Any, cfg: PromoteConfig, rules: dict[str,
     """Evaluate and register one budget, write its outputs into ``out`` and log them to a ``promote-{budget}`` run."""
     import mlflow
 
-    client = mlflow.MlflowClient(paths.mlflow_tracking_uri())
+    client = store_init.mlflow_client(paths.mlflow_tracking_uri())
     ev = evaluate(study, data, cfg, rules)
     run = create_stage_run(client, study.best["experiment_id"], STAGE, f"{STAGE}-{study.budget}", {
         "tier": study.tier, "horizon": str(study.horizon), "budget": study.budget,

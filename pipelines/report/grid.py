@@ -13,7 +13,6 @@ from typing import Any
 from pipelines.report.params import BASELINE_NAMES, BUDGET_VERDICT_CODE, TIER_VERDICT_CODE
 from training.selection_record import Interval, SelectionRecord
 
-
 SPLIT_ORDER = ("train", "val", "test")
 
 

@@ -35,7 +35,7 @@ def load_all(tiers: list[str], cfg: ReportParams) -> tuple[dict[str, list[Horizo
     loaded = {t: [inputs.load_inputs(t, h, cfg.partial) for h in inputs.discover_horizons(t)] for t in tiers}
     horizons = sorted({hi.horizon for his in loaded.values() for hi in his})
     selections = {h: inputs.load_selection(h, cfg.partial) for h in horizons}
-    for h, rec in selections.items():
+    for rec in selections.values():
         if isinstance(rec, SelectionRecord):
             check_selection(rec, loaded)
     return loaded, selections

@@ -39,9 +39,10 @@ def resolve_experiment(tier: str) -> tuple[str, str | None]:
     falls back to the engine's experiment name for the tier.
     """
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=paths.mlflow_tracking_uri())
+    from common import store_init
+
+    client = store_init.mlflow_client(paths.mlflow_tracking_uri())
     outer = os.environ.get("MLFLOW_RUN_ID")
     if outer:
         try:
@@ -80,9 +81,10 @@ def log_to_mlflow(report: dict[str, Any], report_dir: Path) -> str:
     FAILED or KILLED.
     """
     from mlflow.entities import RunStatus
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=paths.mlflow_tracking_uri())
+    from common import store_init
+
+    client = store_init.mlflow_client(paths.mlflow_tracking_uri())
     experiment_id, parent = resolve_experiment(report["tiers"][0])
     tags = {"stage": "report", "tiers": ",".join(report["tiers"]), "budgets": ",".join(report["budgets"]),
             "git_commit": report["git_commit"], "data_version": report["data_version"],

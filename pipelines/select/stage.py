@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from common import atomic, config, paths
+from common import atomic, config, paths, store_init
 from common.errors import TierHpoError
 from pipelines.select.decide import SelectConfig, decide
 from pipelines.select.registry import apply_aliases
@@ -82,9 +82,8 @@ def run_select(horizon: int, cfg: SelectConfig, *, registry: bool = True) -> tup
     record = decide(cells, baselines, cfg, symbol=symbol, horizon=horizon, base_rates=rates)
     reg: dict[str, Any] = {}
     if registry:
-        import mlflow
 
-        client = mlflow.MlflowClient(paths.mlflow_tracking_uri())
+        client = store_init.mlflow_client(paths.mlflow_tracking_uri())
         reg = apply_aliases(client, record, registered_cells(record))
     return record, reg
 
@@ -97,7 +96,6 @@ def write_outputs(directory: Path, record: SelectionRecord, reg: dict[str, Any])
 
 
 def log_run(record: SelectionRecord, reg: dict[str, Any], directory: Path) -> None:
-    import mlflow
     from mlflow.entities import Metric, Param
 
     from common.mlflow_runs import log_batch, stage_run
@@ -106,7 +104,7 @@ def log_run(record: SelectionRecord, reg: dict[str, Any], directory: Path) -> No
     experiment_id = json.loads(best.read_text()).get("experiment_id")
     if experiment_id is None:
         return
-    client = mlflow.MlflowClient(paths.mlflow_tracking_uri())
+    client = store_init.mlflow_client(paths.mlflow_tracking_uri())
     with stage_run(client, str(experiment_id), STAGE, f"select-h{record.horizon}",
                    {"horizon": str(record.horizon), "best": record.best_cell.key,
                     "champion": str(reg.get("champion"))}) as run_id:

@@ -228,13 +228,14 @@ def write_outputs(result: StudyResult, out_dir: Path) -> dict[str, Path]:
     """Write the four outputs, each atomically; ``best.json`` last, so it never points at stale files."""
     import pandas as pd
     import torch
-    from mlflow.tracking import MlflowClient
+
+    from common import store_init
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp, _quiet_downloads():
         try:
-            local = MlflowClient(result.tracking_uri).download_artifacts(result.best_run_id, CHECKPOINT_ARTIFACT, tmp)
+            local = store_init.mlflow_client(result.tracking_uri).download_artifacts(result.best_run_id, CHECKPOINT_ARTIFACT, tmp)
         except Exception as exc:
             raise TierHpoError(f"cannot fetch {CHECKPOINT_ARTIFACT} of run {result.best_run_id} from "
                                f"{result.tracking_uri}: {str(exc).splitlines()[0]}") from None

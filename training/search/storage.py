@@ -35,6 +35,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from common import store_init
 from common.errors import TierHpoError
 from common.redact import redact
 
@@ -225,14 +226,18 @@ def ensure_schema(url: str) -> None:
     import optuna
 
     url = normalize_storage_url(url)
-    with study_lock(url, SCHEMA_LOCK), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            storage = optuna.storages.RDBStorage(url)
-        except Exception as exc:
-            raise connection_error(url, exc) from None
-        storage.remove_session()
-        storage.engine.dispose()
+
+    def create() -> None:
+        with study_lock(url, SCHEMA_LOCK), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                storage = optuna.storages.RDBStorage(url)
+            except Exception as exc:
+                raise connection_error(url, exc) from None
+            storage.remove_session()
+            storage.engine.dispose()
+
+    store_init.open_optuna_sqlite(url, create)
 
 
 def study_exists(storage: Any, study_name: str) -> bool:
@@ -355,20 +360,27 @@ def make_storage(url: str, cfg: StorageConfig,
     url = normalize_storage_url(url)
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
-        try:
-            _sqlite_wal(url)
-        except Exception as exc:
-            raise TierHpoError(describe_connection_error(url, exc)) from None
         engine_kwargs = {"connect_args": {"timeout": 60}}  # wait for another worker's write lock
     else:
         engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ExperimentalWarning)
-        try:
-            return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=cfg.heartbeat_interval,
-                              grace_period=cfg.grace_period, heartbeat_stale_trial_callback=on_stale)
-        except (sqlalchemy.exc.SQLAlchemyError, OSError) as exc:
-            raise TierHpoError(describe_connection_error(url, exc)) from None
+
+    def build() -> RDBStorage:
+        if url.startswith("sqlite"):
+            try:
+                _sqlite_wal(url)
+            except Exception as exc:
+                raise TierHpoError(describe_connection_error(url, exc)) from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            try:
+                return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=cfg.heartbeat_interval,
+                                  grace_period=cfg.grace_period, heartbeat_stale_trial_callback=on_stale)
+            except (sqlalchemy.exc.SQLAlchemyError, OSError) as exc:
+                raise TierHpoError(describe_connection_error(url, exc)) from None
+
+    # A fresh SQLite file gets its tables from the first RDBStorage: serialise that (and check the
+    # file is writable and sound first) so two first runs never create the schema at once.
+    return store_init.open_optuna_sqlite(url, build)
 
 
 def open_storage(url: str) -> RDBStorage:
@@ -385,4 +397,5 @@ def open_storage(url: str) -> RDBStorage:
     else:
         url = check_storage_reachable(url)
         kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
-    return RDBStorage(url, engine_kwargs=kwargs, skip_table_creation=True)
+    return store_init.open_optuna_sqlite(
+        url, lambda: RDBStorage(url, engine_kwargs=kwargs, skip_table_creation=True), writable=False)

@@ -41,9 +41,8 @@ from urllib.parse import urlparse
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 
-from common import paths
+from common import paths, store_init
 from common.errors import TierHpoError
 
 log = logging.getLogger(__name__)
@@ -122,7 +121,7 @@ class Timer:
 class StudyTracking:
     def __init__(self, study_name: str, tier: str, *, tracking_uri: str | None = None) -> None:
         self.uri = tracking_uri or paths.mlflow_tracking_uri()
-        self.client = MlflowClient(self.uri)
+        self.client = store_init.mlflow_client(self.uri)
         self.study_name, self.tier = study_name, tier
         self.timer = Timer()
         self.experiment_id: str | None = None
