@@ -8,11 +8,12 @@ Why a block bootstrap is the default
 
 Block length (``choose_block_length``)
     ``max(horizon, ceil(L))`` where ``L`` is ``arch.bootstrap.optimal_block_length`` (Politis-White
-    2004, with the Patton-Politis-White 2009 correction) of the AUC's *placement series*: each
-    day's contribution to the AUC (for a positive day, the share of negative days it outranks;
-    for a negative day, the share of positive days that outrank it). The AUC is asymptotically
-    the mean of that series, and Politis-White picks the block length for the mean of a series,
-    so it is the right series to measure. ``horizon`` is a floor: labels overlap for ``h`` days
+    2004, with the Patton-Politis-White 2009 correction) of the AUC's per-day *weighted*
+    contributions (``evaluation.auc.auc_contributions``: a positive day's placement weighted by
+    1/(2 pi), a negative day's by 1/(2 (1 - pi))), whose mean is the AUC. The unweighted placement
+    series over-weights the rare class's neighbours and estimated 40 days where the weighted one
+    gives 1.6 (issue 12), widening every interval. One function for promote, select and the report,
+    so the same AUC always gets the same interval. ``horizon`` is a floor: labels overlap for ``h`` days
     by construction, whatever the estimate says. With several score columns the largest
     estimate wins.
 
@@ -46,12 +47,15 @@ from collections.abc import Mapping, Sequence
 from typing import Literal, NamedTuple
 
 import numpy as np
-from arch.bootstrap import CircularBlockBootstrap, StationaryBootstrap, optimal_block_length
 from scipy import stats
 from scipy.optimize import curve_fit
 from statsmodels.stats.multitest import multipletests
 
-from evaluation.auc import placements, rank_auc  # one home (evaluation/auc.py); callers still import them from here
+from evaluation import auc
+from evaluation.auc import (  # one home (evaluation/auc.py); callers still import them from here
+    placements,
+    rank_auc,
+)
 
 Method = Literal["stationary", "circular", "delong"]
 METHODS: tuple[str, ...] = ("stationary", "circular", "delong")
@@ -90,17 +94,6 @@ def _check_inputs(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nda
     return y, s
 
 
-def placement_series(y: np.ndarray, p: np.ndarray) -> np.ndarray:
-    """Each day's centred AUC contribution, in time order (input to the block-length estimate)."""
-    y = np.asarray(y, dtype=bool)
-    v10, v01 = placements(y, p)
-    auc = v10.mean()
-    out = np.empty(len(y))
-    out[y] = v10 - auc
-    out[~y] = v01 - auc
-    return out
-
-
 def hanley_mcneil_se(auc: float, n_pos: int, n_neg: int) -> float:
     """Hanley & McNeil (1982) standard error of an AUC (iid, exponential-score approximation).
 
@@ -131,26 +124,16 @@ def delong_cov(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 def choose_block_length(y: np.ndarray, scores: np.ndarray, horizon: int = 1) -> int:
-    """Stationary-bootstrap block length: max(horizon, Politis-White on each placement series)."""
+    """Stationary-bootstrap block length: ``evaluation.auc.block_length`` (weighted contributions)."""
     y, s = _check_inputs(y, scores)
-    estimates = [optimal_block_length(placement_series(y, s[:, j]))["stationary"].iloc[0]
-                 for j in range(s.shape[1])]
-    best = max((e for e in estimates if np.isfinite(e)), default=1.0)
-    return int(max(1, horizon, math.ceil(best)))
+    return auc.block_length(y, s, horizon)
 
 
 def resample_indices(
     n: int, reps: int, block_length: int, seed: int = 0, method: Method = "stationary"
 ) -> np.ndarray:
     """(reps, n) day indices drawn by ``arch``'s stationary or circular block bootstrap."""
-    if method not in ("stationary", "circular"):
-        raise ValueError(f"resampling method must be 'stationary' or 'circular', got {method!r}")
-    cls = StationaryBootstrap if method == "stationary" else CircularBlockBootstrap
-    bs = cls(int(block_length), np.arange(n, dtype=np.int64), seed=int(seed))
-    out = np.empty((reps, n), dtype=np.int64)
-    for r, (pos, _) in enumerate(bs.bootstrap(reps)):
-        out[r] = pos[0]
-    return out
+    return auc.resample_indices(n, reps, block_length, seed, method)
 
 
 def bootstrap_aucs(
