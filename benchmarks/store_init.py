@@ -113,7 +113,8 @@ def run(quick: bool = False) -> str:
         "Optuna and MLflow SQLite stores, creating/loading a study and an experiment and logging one run. "
         "`project`: the project's opening code (`common.store_init`: init lock beside the store, checks); "
         "`bare`: `RDBStorage` + `MlflowClient` directly. Wall time from the go signal to the last exit "
-        "(imports done before it).",
+        "(the children import before it; on a loaded machine some imports run past it, so the wall "
+        "time measures CPU contention as much as the lock).",
         "",
         "| variant | succeeded | wall s (min) | wall s (max) |",
         "|---|---|---|---|",
