@@ -11,6 +11,8 @@ not per-window: per-window scaling would erase the volatility level, the main si
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import json
 import re
 from dataclasses import dataclass, field
@@ -98,10 +100,24 @@ def check_symbol(symbol: str) -> str:
     return symbol
 
 
-def check_tier(tier: str) -> str:
+def check_tier(tier: str, choices: Sequence[str] | None = None) -> str:
+    """Refuse a tier name that is not one of ``KNOWN_TIERS``; the message lists ``choices``
+    (a CLI passes ``data.tiers``, the tiers this project builds) or else every known tier."""
     if tier not in KNOWN_TIERS:
-        raise TierHpoError(f"unknown tier {shorten(tier)}; choose one of {', '.join(KNOWN_TIERS)}")
+        shown = [t for t in (choices or KNOWN_TIERS) if t in KNOWN_TIERS] or list(KNOWN_TIERS)
+        source = " (data.tiers)" if choices and list(shown) != list(KNOWN_TIERS) else ""
+        raise TierHpoError(f"unknown tier {shorten(tier)}; choose one of {', '.join(shown)}{source}")
     return tier
+
+
+def check_horizon(horizon: int, horizons: Sequence[int]) -> int:
+    """Refuse ``--horizon`` below 1 (a label looks at least one day ahead) with the configured ones."""
+    if horizon < 1:
+        raise TierHpoError(
+            f"--horizon must be >= 1 (days ahead of the label), got {horizon}; "
+            f"data.horizons lists {', '.join(map(str, horizons))}"
+        )
+    return horizon
 
 
 @dataclass(frozen=True)
@@ -246,6 +262,7 @@ def load_tier(
 
     check_tier(tier)
     meta = read_split_meta(symbol, tier)
+    check_horizon(horizon, meta.get("horizons") or [])
     key = f"h{horizon}"
     if key not in meta["splits"]:
         raise TierHpoError(
