@@ -191,7 +191,7 @@ def parse_dates(raw: pd.Series, where: str) -> pd.Series:
     rows (the two sides of a DST change) are both taken at their own wall-clock day, so mixed
     offsets never reach pandas' "Mixed timezones detected".
     """
-    if raw.dtype == object:
+    if raw.dtype == object or isinstance(raw.dtype, pd.StringDtype):  # pandas 3 reads text as "str"
         text = raw.astype("string").str.strip()
         stripped = text.str.replace(_TZ_SUFFIX, r"\1", regex=True)
         try:
