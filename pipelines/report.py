@@ -43,7 +43,7 @@ import typer
 from evaluation import plots, stats
 from training.search import analysis as hpo_analysis
 from common import atomic, config, paths, provenance
-from common.errors import TierHpoError
+from common.errors import TierHpoError, shorten
 
 app = typer.Typer(add_completion=False)
 
@@ -1013,6 +1013,7 @@ def main(
         tiers = [tier] if tier else list(cfg.tiers)
         unknown = [t for t in tiers if known and t not in known]
         if unknown:
-            raise TierHpoError(f"unknown tier(s) {unknown}; data.tiers in params.yaml lists {known}")
+            raise TierHpoError(f"unknown tier(s) {', '.join(map(shorten, unknown))}; choose one of "
+                               f"{', '.join(known)} (data.tiers in params.yaml)")
     for path in run(tiers, cfg, log_mlflow=not no_mlflow):
         typer.echo(f"report: wrote {path / 'summary.md'}")

@@ -77,6 +77,12 @@ def long_bad_value(root: Path, tmp: Path) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+def bad_data_tier(root: Path, tmp: Path) -> None:
+    params = _params()
+    params["data"]["tiers"] = ["a50", "a7"]
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
 def garbage_validation(root: Path, tmp: Path) -> None:
     (root / "reports" / "validation" / "SPY_a50.json").write_bytes(b"\x00\x01 not json {")
 
@@ -166,6 +172,10 @@ CASES: dict[str, Case] = {
     "baselines --tier a99": Case(("baselines", "--tier", "a99", "--horizon", "1"), DATA_TIERS),
     "validate --tier a99": Case(("validate", "--tier", "a99"), DATA_TIERS),
     "tiers --tier a99": Case(("tiers", "--tier", "a99"), DATA_TIERS),
+    "report --tier a99": Case(("report", "--tier", "a99"),
+                              r"unknown tier\(s\) 'a99'; choose one of a20, a50 \(data\.tiers in params\.yaml\)"),
+    "params.yaml data.tiers [a7]": Case(("tiers", "--tier", "a50"),
+                                        r"data\.tiers: unknown tier 'a7'; choose one of a20, a50, a100$", bad_data_tier),
     # 3. the validation record
     "garbage validation JSON (hpo)": Case(("hpo", "--tier", "a50", "--budget", "20K", "--horizon", "1"),
                                           READ_VALIDATION, garbage_validation),

@@ -361,7 +361,7 @@ def test_stale_promotion_and_missing_study_are_refused(project, monkeypatch, cap
 def test_no_hpo_results(project, monkeypatch, capsys):
     shutil.rmtree(paths.results_dir() / "hpo")
     assert "no HPO results for tier a50" in cli_error(monkeypatch, capsys, "--tier", TIER)
-    assert "unknown tier(s) ['a7']" in cli_error(monkeypatch, capsys, "--tier", "a7")
+    assert "unknown tier(s) 'a7'; choose one of" in cli_error(monkeypatch, capsys, "--tier", "a7")
     assert "no HPO results under" in cli_error(monkeypatch, capsys, "--all")
 
 

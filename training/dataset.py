@@ -63,7 +63,10 @@ class DataConfig:
     def __post_init__(self) -> None:
         check_symbol(self.symbol)
         for tier in self.tiers:
-            check_tier(tier)
+            try:
+                check_tier(tier)
+            except TierHpoError as exc:
+                raise TierHpoError(f"data.tiers: {exc}") from None
         if not self.horizons or min(self.horizons) < 1 or len(set(self.horizons)) != len(self.horizons):
             raise TierHpoError(f"data.horizons: need distinct positive integers, got {self.horizons}")
         if not 0 < self.threshold < 1:
