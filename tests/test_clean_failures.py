@@ -83,6 +83,12 @@ def bad_data_tier(root: Path, tmp: Path) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+def bad_data_horizons(root: Path, tmp: Path) -> None:
+    params = _params()
+    params["data"]["horizons"] = [0, 1]
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
 def garbage_validation(root: Path, tmp: Path) -> None:
     (root / "reports" / "validation" / "SPY_a50.json").write_bytes(b"\x00\x01 not json {")
 
@@ -174,6 +180,9 @@ CASES: dict[str, Case] = {
     "tiers --tier a99": Case(("tiers", "--tier", "a99"), DATA_TIERS),
     "report --tier a99": Case(("report", "--tier", "a99"),
                               r"unknown tier\(s\) 'a99'; choose one of a20, a50 \(data\.tiers in params\.yaml\)"),
+    "params.yaml data.horizons [0, 1]": Case(("tiers", "--tier", "a50"),
+                                             r"data\.horizons: need distinct positive integers, got \[0, 1\]$",
+                                             bad_data_horizons),
     "params.yaml data.tiers [a7]": Case(("tiers", "--tier", "a50"),
                                         r"data\.tiers: unknown tier 'a7'; choose one of a20, a50, a100$", bad_data_tier),
     # 3. the validation record

@@ -68,7 +68,7 @@ class DataConfig:
             except TierHpoError as exc:
                 raise TierHpoError(f"data.tiers: {exc}") from None
         if not self.horizons or min(self.horizons) < 1 or len(set(self.horizons)) != len(self.horizons):
-            raise TierHpoError(f"data.horizons: need distinct positive integers, got {self.horizons}")
+            raise TierHpoError(f"data.horizons: need distinct positive integers, got {shorten(self.horizons)}")
         if not 0 < self.threshold < 1:
             raise TierHpoError(f"data.threshold: must be in (0, 1), got {self.threshold}")
         if self.context_len < 2:
