@@ -16,8 +16,8 @@ from __future__ import annotations
 import gzip
 import io
 import re
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd

@@ -11,10 +11,9 @@ not per-window: per-window scaling would erase the volatility level, the main si
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
