@@ -21,7 +21,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 import yaml
 
 from common import paths
-from common.errors import TierHpoError
+from common.errors import TierHpoError, shorten
 
 T = TypeVar("T")
 
@@ -31,12 +31,33 @@ def load_params(path: str | Path | None = None) -> dict[str, Any]:
     if not path.is_file():
         raise TierHpoError(f"params file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TierHpoError(
+            f"{path} is not UTF-8 text: byte {exc.object[exc.start]:#04x} at offset {exc.start} cannot be "
+            f"decoded; save the file as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise TierHpoError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise TierHpoError(f"{path} is not valid YAML: {exc}".splitlines()[0]) from exc
+        raise TierHpoError(_yaml_error(path, exc)) from None
     if not isinstance(data, dict):
         raise TierHpoError(f"{path} must hold a mapping of sections")
     return data
+
+
+def _yaml_error(path: Path, exc: yaml.YAMLError) -> str:
+    """One line: the file, the line and column of the problem (1-based) and what is wrong."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
+    context = getattr(exc, "context", None)
+    what = f"{context}: {problem}" if context and problem else problem
+    where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(path)
+    what = " ".join(str(what).split())
+    what = what if len(what) <= 120 else what[:117] + "..."
+    return f"{where}: invalid YAML ({what}); fix the syntax there"
 
 
 def section(name: str, path: str | Path | None = None) -> dict[str, Any]:
@@ -58,9 +79,10 @@ def build(cls: type[T], raw: Mapping[str, Any], where: str = "") -> T:
         raise TierHpoError(f"{where or cls.__name__}: expected a mapping, got {type(raw).__name__}")
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(raw) - set(fields))
+    unknown = sorted(set(raw) - set(fields), key=str)
     if unknown:
-        raise TierHpoError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
+        shown = ", ".join(shorten(k) for k in unknown[:5]) + (f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else "")
+        raise TierHpoError(f"{where}: unknown key(s) {shown}; known: {sorted(fields)}")
     kwargs = {}
     for name, field in fields.items():
         key = f"{where}.{name}" if where else name
@@ -88,38 +110,38 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except TierHpoError as exc:
                 errors.append(str(exc))
-        raise TierHpoError(errors[0] if errors else f"{key}: invalid value {value!r}")
+        raise TierHpoError(errors[0] if errors else f"{key}: invalid value {shorten(value)}")
     if origin is Literal:
         if value not in args:
-            raise TierHpoError(f"{key}: {value!r} is not one of {list(args)}")
+            raise TierHpoError(f"{key}: {shorten(value)} is not one of {list(args)}")
         return value
     if dataclasses.is_dataclass(hint):
         return build(hint, value, where=key)
     if origin in (list, tuple, set, frozenset):
         if not isinstance(value, (list, tuple)):
-            raise TierHpoError(f"{key}: expected a list, got {value!r}")
+            raise TierHpoError(f"{key}: expected a list, got {shorten(value)}")
         inner = args[0] if args else Any
         items = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
         return origin(items) if origin is not list else items
     if origin in (dict, Mapping, typing.Mapping):
         if not isinstance(value, Mapping):
-            raise TierHpoError(f"{key}: expected a mapping, got {value!r}")
+            raise TierHpoError(f"{key}: expected a mapping, got {shorten(value)}")
         kt, vt = args if args else (Any, Any)
         return {_coerce(k, kt, key): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TierHpoError(f"{key}: expected a number, got {value!r}")
+            raise TierHpoError(f"{key}: expected a number, got {shorten(value)}")
         return float(value)
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise TierHpoError(f"{key}: expected an integer, got {value!r}")
+            raise TierHpoError(f"{key}: expected an integer, got {shorten(value)}")
         return value
     if hint is bool:
         if not isinstance(value, bool):
-            raise TierHpoError(f"{key}: expected true/false, got {value!r}")
+            raise TierHpoError(f"{key}: expected true/false, got {shorten(value)}")
         return value
     if hint is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise TierHpoError(f"{key}: expected a string, got {value!r}")
+            raise TierHpoError(f"{key}: expected a string, got {shorten(value)}")
         return str(value)
     return value

@@ -121,12 +121,16 @@ def main(
     horizon: Annotated[int, typer.Option(help="Label horizon in days (one of data.horizons).")],
 ) -> None:
     """Logistic regression and gradient boosting on a tier and horizon."""
-    from training.dataset import check_tier, load_data_config, load_tier
+    from training.dataset import check_horizon, check_tier, load_data_config, load_tier
 
-    check_tier(tier)
     data_cfg = load_data_config()
+    check_tier(tier, data_cfg.tiers)
+    check_horizon(horizon, data_cfg.horizons)
     if horizon not in data_cfg.horizons:
-        raise TierHpoError(f"horizon {horizon} is not in data.horizons {data_cfg.horizons}")
+        raise TierHpoError(
+            f"horizon {horizon} is not in data.horizons {data_cfg.horizons}; use one of those, or add it "
+            f"there and rebuild the tiers (`tierhpo tiers --tier {tier}`)"
+        )
     cfg = config.load(BaselinesConfig, "baselines")
     rules = config.load(MetricsParams, "metrics")
     data = load_tier(data_cfg.symbol, tier, horizon, data_cfg.context_len, require_validated=True)

@@ -128,6 +128,30 @@ def read_study(tier: str, budget: str, horizon: int) -> Study:
     return Study(tier, budget, horizon, directory, best)
 
 
+def studied_horizons(tier: str) -> list[int]:
+    """Horizons with at least one finished study (a ``best.json``) of ``tier`` on disk."""
+    root = paths.results_dir() / "hpo" / tier
+    found = {int(p.parent.name[1:]) for p in root.glob("*/h*/best.json") if p.parent.name[1:].isdigit()}
+    return sorted(found)
+
+
+def check_study_horizon(tier: str, horizon: int) -> None:
+    """Refuse a ``--horizon`` no study can have, with a suggestion that can work: the studied
+    horizons, or what to add to params.yaml and run first."""
+    from training.dataset import check_horizon, load_data_config
+
+    data_cfg = load_data_config()
+    check_horizon(horizon, data_cfg.horizons)
+    if horizon in data_cfg.horizons:
+        return  # read_study names the missing study and the `tierhpo hpo` command that makes it
+    studied = studied_horizons(tier)
+    use = f"studies of {tier} exist for --horizon {', '.join(map(str, studied))}; " if studied else ""
+    raise TierHpoError(
+        f"no studies of {tier} h{horizon}: {horizon} is not in data.horizons {data_cfg.horizons}; {use}"
+        f"to study it, add {horizon} to data.horizons and hpo.horizons, rebuild the tiers and run `tierhpo hpo` first"
+    )
+
+
 def resolve_budgets(budgets: list[str] | None) -> list[str]:
     """Budgets in ascending size: the given ones, else the ``hpo`` section's list (the one place they are declared)."""
     from training.budget import parse_budget
@@ -490,9 +514,10 @@ def main(
                                  help="Print the plan and estimated cost; train and write nothing."),
 ) -> None:
     """Retrain each budget's best hyperparameters at every other budget and judge whether they transfer."""
-    from training.dataset import check_tier
+    from training.dataset import check_tier, load_data_config
 
-    check_tier(tier)
+    check_tier(tier, load_data_config().tiers)
+    check_study_horizon(tier, horizon)
     cfg = config.load(CrossBudgetConfig, "cross_budget", seeds=seeds)
     chosen = resolve_budgets(budgets.split(",") if budgets else cfg.budgets)
     if len(chosen) < 2:

@@ -51,14 +51,15 @@ def build_spec(tier: str, budget: str, horizon: int, *, forced: int | None = Non
     data is loaded (training.memory)."""
     from evaluation.metrics import MetricsParams
     from training.budget import ModelParams
-    from training.dataset import check_tier, load_data_config, load_tier
+    from training.dataset import check_horizon, check_tier, load_data_config, load_tier
     from training.memory import check_budget
     from training.search.config import HpoConfig
     from training.search.study import StudySpec
     from training.trainer import TrainConfig
 
-    check_tier(tier)
     data_cfg = load_data_config()
+    check_tier(tier, data_cfg.tiers)
+    check_horizon(horizon, data_cfg.horizons)
     hpo = config.load(HpoConfig, "hpo", trials=trials, forced=forced, seed=seed, threads=threads)
     model = config.load(ModelParams, "model")
     train = config.load(TrainConfig, "train", max_memory_gb=max_memory_gb)

@@ -17,6 +17,7 @@ import gzip
 import io
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -86,7 +87,8 @@ def _sniff(path: Path, head: bytes, more: bool) -> None:
     except UnicodeDecodeError as exc:
         if exc.start < len(head) - 4:  # not just a character cut by the sniff window
             raise TierHpoError(
-                f"source {name} is not UTF-8 text (byte {exc.start + 1}); save it as UTF-8 CSV"
+                f"source {name} is not UTF-8 text: byte {head[exc.start]:#04x} at offset {exc.start} cannot be "
+                f"decoded; save it as UTF-8 CSV"
             ) from None
         text = head[: exc.start].decode("utf-8")
     if "\n" not in text and "\r" not in text and more:
@@ -129,11 +131,33 @@ def _read_csv(path: Path, max_bytes: int, max_rows: int) -> pd.DataFrame:
                 chunks.append(chunk)
         except _TooBig:
             raise _too_big(path, f"over {max_bytes // MIB} MiB decompressed", max_bytes / MIB) from None
+        except UnicodeDecodeError:  # past the sniffed head: pandas' position is within its buffer
+            raise _not_utf8(path, opener) from None
         finally:
             reader.close()
     if not chunks:
         raise TierHpoError(f"source file has no data rows: {path}")
     return pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0]
+
+
+def _not_utf8(path: Path, opener: Any) -> TierHpoError:
+    """The error for a CSV with a non-UTF-8 byte, naming that byte's offset in the (decompressed) file."""
+    import codecs
+
+    decoder, offset = codecs.getincrementaldecoder("utf-8")(), 0
+    with opener(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            pending = len(decoder.getstate()[0])  # bytes of a character cut by the previous block
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as exc:
+                at = offset - pending + exc.start
+                return TierHpoError(
+                    f"source {shorten(path.name)} is not UTF-8 text: byte {exc.object[exc.start]:#04x} at offset "
+                    f"{at} cannot be decoded; save it as UTF-8 CSV"
+                )
+            offset += len(block)
+    return TierHpoError(f"source {shorten(path.name)} is not UTF-8 text; save it as UTF-8 CSV")
 
 
 def _read_parquet(path: Path, max_bytes: int, max_rows: int) -> pd.DataFrame:
@@ -191,7 +215,7 @@ def parse_dates(raw: pd.Series, where: str) -> pd.Series:
     rows (the two sides of a DST change) are both taken at their own wall-clock day, so mixed
     offsets never reach pandas' "Mixed timezones detected".
     """
-    if raw.dtype == object:
+    if raw.dtype == object or isinstance(raw.dtype, pd.StringDtype):  # pandas 3 reads text as "str"
         text = raw.astype("string").str.strip()
         stripped = text.str.replace(_TZ_SUFFIX, r"\1", regex=True)
         try:

@@ -333,9 +333,11 @@ def main(
     budgets: str = typer.Option(None, help="Comma-separated budgets (default: promote.budgets, else hpo.budgets)."),
 ) -> None:
     """Calibrate each budget's best model, test it once with a 95 % AUC CI, and register it (no alias: see select)."""
-    from training.dataset import check_tier
+    from pipelines.cross_budget import check_study_horizon
+    from training.dataset import check_tier, load_data_config
 
-    check_tier(tier)
+    check_tier(tier, load_data_config().tiers)
+    check_study_horizon(tier, horizon)
     cfg = config.load(PromoteConfig, "promote")
     chosen = resolve_budgets(budgets.split(",") if budgets else cfg.budgets)
     data = load_data(read_study(tier, chosen[0], horizon))

@@ -139,8 +139,8 @@ def main(
     symbol: Annotated[str | None, typer.Option(help="Symbol in data/raw; default data.symbol")] = None,
 ) -> None:
     """Build a feature tier dataset (a20/a50/a100) with labels and purged splits."""
-    check_tier(tier)
     data = load_data_config(symbol=symbol)
+    check_tier(tier, data.tiers)
     cfg = config.load(TiersConfig, "tiers")
     frame, meta = build_tier(read_raw(data.symbol), tier, data, cfg, data.symbol)
     parquet, sidecar = paths.tier_path(data.symbol, tier), paths.splits_path(data.symbol, tier)

@@ -346,8 +346,8 @@ def main(
     symbol: Annotated[str | None, typer.Option(help="Symbol; default data.symbol")] = None,
 ) -> None:
     """Validate a tier dataset with Great Expectations (non-zero exit on failure)."""
-    check_tier(tier)
     data = load_data_config(symbol=symbol)
+    check_tier(tier, data.tiers)
     cfg = config.load(ValidateConfig, "validate")
     out = summary_path(data.symbol, tier)
     success, failures, summary = validate_tier(data.symbol, tier, data, cfg)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,9 +62,12 @@ class DataConfig:
     def __post_init__(self) -> None:
         check_symbol(self.symbol)
         for tier in self.tiers:
-            check_tier(tier)
+            try:
+                check_tier(tier)
+            except TierHpoError as exc:
+                raise TierHpoError(f"data.tiers: {exc}") from None
         if not self.horizons or min(self.horizons) < 1 or len(set(self.horizons)) != len(self.horizons):
-            raise TierHpoError(f"data.horizons: need distinct positive integers, got {self.horizons}")
+            raise TierHpoError(f"data.horizons: need distinct positive integers, got {shorten(self.horizons)}")
         if not 0 < self.threshold < 1:
             raise TierHpoError(f"data.threshold: must be in (0, 1), got {self.threshold}")
         if self.context_len < 2:
@@ -98,10 +102,24 @@ def check_symbol(symbol: str) -> str:
     return symbol
 
 
-def check_tier(tier: str) -> str:
+def check_tier(tier: str, choices: Sequence[str] | None = None) -> str:
+    """Refuse a tier name that is not one of ``KNOWN_TIERS``; the message lists ``choices``
+    (a CLI passes ``data.tiers``, the tiers this project builds) or else every known tier."""
     if tier not in KNOWN_TIERS:
-        raise TierHpoError(f"unknown tier {shorten(tier)}; choose one of {', '.join(KNOWN_TIERS)}")
+        shown = [t for t in (choices or KNOWN_TIERS) if t in KNOWN_TIERS] or list(KNOWN_TIERS)
+        source = " (data.tiers)" if choices and list(shown) != list(KNOWN_TIERS) else ""
+        raise TierHpoError(f"unknown tier {shorten(tier)}; choose one of {', '.join(shown)}{source}")
     return tier
+
+
+def check_horizon(horizon: int, horizons: Sequence[int]) -> int:
+    """Refuse ``--horizon`` below 1 (a label looks at least one day ahead) with the configured ones."""
+    if horizon < 1:
+        raise TierHpoError(
+            f"--horizon must be >= 1 (days ahead of the label), got {horizon}; "
+            f"data.horizons lists {', '.join(map(str, horizons))}"
+        )
+    return horizon
 
 
 @dataclass(frozen=True)
@@ -246,6 +264,7 @@ def load_tier(
 
     check_tier(tier)
     meta = read_split_meta(symbol, tier)
+    check_horizon(horizon, meta.get("horizons") or [])
     key = f"h{horizon}"
     if key not in meta["splits"]:
         raise TierHpoError(

@@ -46,19 +46,35 @@ def current_md5s(symbol: str, tier: str) -> dict[str, str]:
     }
 
 
+_MD5_KEYS = ("dataset_md5", "splits_md5")
+
+
 def ensure_validated(symbol: str, tier: str) -> dict[str, Any]:
     """Raise unless the tier files on disk are exactly the ones the suite passed."""
     path = summary_path(symbol, tier)
     if not path.is_file():
         raise TierHpoError(f"{symbol}_{tier} has not passed validation; run `tierhpo validate --tier {tier}`")
+    regenerate = f"regenerate it with `tierhpo validate --tier {tier}`"
     try:
-        summary = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        summary = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise TierHpoError(f"cannot read the validation record {path} ({exc.strerror or exc}); {regenerate}") from None
+    except UnicodeDecodeError as exc:
         raise TierHpoError(
-            f"{path} is not a readable validation record; run `tierhpo validate --tier {tier}`"
+            f"{path} is not a readable validation record (not UTF-8 at byte offset {exc.start}); {regenerate}"
         ) from None
+    except json.JSONDecodeError as exc:
+        raise TierHpoError(
+            f"{path} is not a readable validation record (invalid JSON at line {exc.lineno}, column {exc.colno}: "
+            f"{exc.msg}); {regenerate}"
+        ) from None
+    if not isinstance(summary, dict) or not {"success", *_MD5_KEYS} <= set(summary):
+        raise TierHpoError(
+            f"{path} is not a validation record written by tierhpo validate (it lacks success/dataset_md5/"
+            f"splits_md5); {regenerate}"
+        )
     current = current_md5s(symbol, tier)
-    if not isinstance(summary, dict) or not summary.get("success") or any(
+    if not summary.get("success") or any(
         summary.get(k) != v for k, v in current.items()
     ):
         raise TierHpoError(

@@ -21,7 +21,7 @@ from typing import Any
 import typer
 
 from common import atomic, config, paths, provenance
-from common.errors import TierHpoError
+from common.errors import TierHpoError, shorten
 from pipelines.report import figures, grid, inputs, render, sections, tracking
 from pipelines.report.inputs import HorizonInputs, Missing, budget_order
 from pipelines.report.params import MIN_IMPORTANCE_TRIALS, ReportParams
@@ -126,13 +126,15 @@ def choose_tiers(tier: str | None, cfg: ReportParams) -> list[str]:
     known = list(config.section("data").get("tiers") or [])
     if tier:
         if known and tier not in known:
-            raise TierHpoError(f"unknown tier(s) {[tier]}; data.tiers in params.yaml lists {known}")
+            raise TierHpoError(f"unknown tier(s) {shorten(tier)}; choose one of {', '.join(known)} "
+                               "(data.tiers in params.yaml)")
         inputs.discover_horizons(tier)  # a clear error when it has no results
         return [tier]
     if cfg.tiers:
         unknown = [t for t in cfg.tiers if known and t not in known]
         if unknown:
-            raise TierHpoError(f"unknown tier(s) {unknown}; data.tiers in params.yaml lists {known}")
+            raise TierHpoError(f"unknown tier(s) {', '.join(map(shorten, unknown))}; choose one of {', '.join(known)} "
+                               "(data.tiers in params.yaml)")
         return list(cfg.tiers)
     return inputs.discover_tiers(known)
 
