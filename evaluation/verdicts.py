@@ -115,7 +115,8 @@ def champion_gate(
 ) -> GateResult:
     """Champion only if SPA rejects "no trial beats the baseline" on val AND the test diff interval is > 0.
 
-    ``val_losses_trials``: (val days x trials) per-day log loss of every trial the search tried;
+    ``val_losses_trials``: (val days x models) per-day log loss of every model tried (select passes
+    the grid's cells);
     ``val_benchmark_losses``: the best validation baseline's per-day log loss. ``block``: the
     SPA's block length (default: the test comparison's).
     """
@@ -124,10 +125,10 @@ def champion_gate(
     test_diff = test_cmp.diff(model, baseline)
     n = val_losses_trials.shape[1]
     if spa_p >= alpha:
-        return GateResult(False, f"SPA over {n} trials cannot reject 'no trial beats {baseline}' on val "
+        return GateResult(False, f"SPA over {n} models cannot reject 'none beats {baseline}' on val "
                                  f"(p={spa_p:.3g} >= {alpha:g})", spa_p, test_diff)
     if test_diff.low <= 0:
         return GateResult(False, f"test AUC {model} - {baseline} = {test_diff.estimate:+.4f} "
                                  f"[{test_diff.low:+.4f}, {test_diff.high:+.4f}] does not exclude 0", spa_p, test_diff)
-    return GateResult(True, f"SPA p={spa_p:.3g} over {n} trials on val; test AUC {model} - {baseline} = "
+    return GateResult(True, f"SPA p={spa_p:.3g} over {n} models on val; test AUC {model} - {baseline} = "
                             f"{test_diff.estimate:+.4f} [{test_diff.low:+.4f}, {test_diff.high:+.4f}]", spa_p, test_diff)

@@ -127,7 +127,7 @@ def decide(cells: list[CellScores], baselines: dict[str, dict[str, dict[str, Sco
     g = verdicts.champion_gate(val_losses, log_losses(y["val"], chosen[hurdle]["val"]), cmp, best, hurdle,
                                reps=cfg.spa_reps, seed=cfg.seed)
     n_trials = sum(c.n_trials for c in cells)
-    passed, reason = g.passed, g.reason + f" (SPA over the {len(cells)} cells of the grid; {n_trials} trials searched)"
+    passed, reason = g.passed, g.reason + f" (the {len(cells)} cells of the grid; {n_trials} trials searched)"
     losing = [v.baseline for v in vs if not (v.diff.estimate > 0 and (v.diff.p_adjusted or 1.0) < cfg.alpha)]
     if passed and losing:
         passed, reason = False, (f"{best} beats the best validation baseline {hurdle} but not {', '.join(losing)} "
