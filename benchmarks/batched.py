@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import sys
 import time
 from typing import Any
 
@@ -112,13 +113,18 @@ def run_mode(mode: str, budget: str, spec: dict[str, Any], k: int, epochs: int) 
 
 def run(quick: bool = False) -> str:
     epochs = 2 if quick else 4
+    where = machine()  # its load average is the one at the start
     spec = data_spec("a50", 1)
     data = load_data(spec)
     load_before = open("/proc/loadavg").read().strip() if os.path.exists("/proc/loadavg") else "n/a"
     rows, notes = [], []
-    for budget in BUDGETS:
-        for k in KS:
-            results = {m: run_mode(m, budget, spec, k, epochs) for m in MODES}
+    for k in KS:  # K=3 at every budget first: on a busy machine the cheap rows come back first
+        for budget in BUDGETS:
+            results = {}
+            for m in MODES:
+                results[m] = run_mode(m, budget, spec, k, epochs)
+                print(f"batched: {budget} K={k} ({m}) {results[m]['wall_s']:.1f} s "
+                      f"(load {open('/proc/loadavg').read().split()[0]})", file=sys.stderr, flush=True)
             base = results["a"]["models_per_s"]
             for m, label in MODES.items():
                 r = results[m]
@@ -132,7 +138,7 @@ def run(quick: bool = False) -> str:
             notes.append(f"{budget} K={k}: largest |val AUC (a) - (c)| over the seeds {gap:.4f}")
     load_after = open("/proc/loadavg").read().strip() if os.path.exists("/proc/loadavg") else "n/a"
     header = [
-        f"Machine: {machine()}. **Shared with other work** (other engineers' tests ran beside it): "
+        f"Machine: {where}. **Shared with other work** (other engineers' tests ran beside it): "
         f"`cat /proc/loadavg` before `{load_before}`, after `{load_after}`.",
         f"Data: {describe_data(spec, data)}. Default structure (`model` section), width solved per "
         f"budget; {epochs} epochs, no early stopping (patience = epochs), `train` defaults otherwise"
