@@ -22,6 +22,7 @@ import multiprocessing as mp
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from benchmarks._common import data_spec, describe_data, load_data, machine
@@ -111,12 +112,18 @@ def run_mode(mode: str, budget: str, spec: dict[str, Any], k: int, epochs: int) 
             "ok": sum(o["ok"] for o in outs), "auc": [a for o in outs for a in o["auc"]]}
 
 
+def _loadavg() -> str:
+    """``cat /proc/loadavg`` (the machine is shared: its load is part of the result)."""
+    path = Path("/proc/loadavg")
+    return path.read_text().strip() if path.is_file() else "n/a"
+
+
 def run(quick: bool = False) -> str:
     epochs = 2 if quick else 4
     where = machine()  # its load average is the one at the start
     spec = data_spec("a50", 1)
     data = load_data(spec)
-    load_before = open("/proc/loadavg").read().strip() if os.path.exists("/proc/loadavg") else "n/a"
+    load_before = _loadavg()
     rows, notes = [], []
     for k in KS:  # K=3 at every budget first: on a busy machine the cheap rows come back first
         for budget in BUDGETS:
@@ -124,7 +131,7 @@ def run(quick: bool = False) -> str:
             for m in MODES:
                 results[m] = run_mode(m, budget, spec, k, epochs)
                 print(f"batched: {budget} K={k} ({m}) {results[m]['wall_s']:.1f} s "
-                      f"(load {open('/proc/loadavg').read().split()[0]})", file=sys.stderr, flush=True)
+                      f"(load {_loadavg().split()[0]})", file=sys.stderr, flush=True)
             base = results["a"]["models_per_s"]
             for m, label in MODES.items():
                 r = results[m]
@@ -136,7 +143,7 @@ def run(quick: bool = False) -> str:
             gap = max(abs(x - y) for x, y in zip(results["a"]["auc"], results["c"]["auc"], strict=True)
                       if x is not None and y is not None)
             notes.append(f"{budget} K={k}: largest |val AUC (a) - (c)| over the seeds {gap:.4f}")
-    load_after = open("/proc/loadavg").read().strip() if os.path.exists("/proc/loadavg") else "n/a"
+    load_after = _loadavg()
     header = [
         f"Machine: {where}. **Shared with other work** (other engineers' tests ran beside it): "
         f"`cat /proc/loadavg` before `{load_before}`, after `{load_after}`.",

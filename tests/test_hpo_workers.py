@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -21,7 +22,8 @@ from training.search.results import write_outputs
 from training.search.study import run_study
 from training.search.workers import plan_workers, run_workers
 
-REPO_PARAMS = yaml.safe_load(open(__file__.rsplit("/tests/", 1)[0] + "/params.yaml").read())
+REPO = Path(__file__).resolve().parents[1]
+REPO_PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
 
 
 def test_zero_means_one_worker_per_core_capped_by_trials():
@@ -51,7 +53,7 @@ def test_params_yaml_default_and_validation():
 
 
 def test_dvc_stage_tracks_hpo_workers():
-    dvc = yaml.safe_load(open(__file__.rsplit("/tests/", 1)[0] + "/dvc.yaml").read())
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
     assert "hpo.workers" in dvc["stages"]["hpo"]["params"]
 
 
