@@ -6,20 +6,21 @@ re-solved by ``training.budget.solve`` for the target budget, and its training h
 (lr, weight decay, dropout, batch size, ...) are kept. A structure with no width inside the
 budget's tolerance is reported as an *infeasible* cell, never trained.
 
-Seeds. Each cell is trained with ``seeds`` seeds: the study's own training seed and the ones
-after it. The diagonal cell (a budget's hyperparameters at its own budget) *reuses* the study's
-result for the study's seed (same config and seed: the trainer is deterministic) and trains only
-the extra seeds, so the diagonal has the same number of seeds as every other cell.
+Seeds. Each cell is trained with ``seeds`` fresh seeds derived from the source study's seed
+(:func:`fresh_seeds`, never the study's own seed), all of a cell's seeds in one batch
+(``training.batched.train_batch``: same structure, different seeds). The diagonal cell (a
+budget's hyperparameters at its own budget) is trained the same way: reusing the study's own
+result would carry the winner's curse (that seed's val AUC is the maximum over the search, so it
+is biased upwards), and the diagonal would no longer be comparable with the other cells.
 
-Transfer verdict (rule written here because it is the definition the issue asks for, not an
-estimator a library provides). Cell ``(s, t)`` holds the validation AUC of budget ``s``'s
-hyperparameters trained at budget ``t``. It is compared with the diagonal ``(t, t)``, the
-target budget's own best: the gap ``mean(s, t) - mean(t, t)`` is *within noise* when
-``|gap| <= max(noise_z * sd(t, t), min_noise)``, where ``sd(t, t)`` is the seed-to-seed standard
-deviation of the diagonal (ddof=1) and ``min_noise`` a floor for when seeds agree by chance.
-Below the band it is *worse*, above it *better*. Budget ``s``'s hyperparameters *transfer* when
-none of its feasible cells is worse; with no feasible off-diagonal cell the verdict is
-``inconclusive``.
+Transfer verdict. Cell ``(s, t)`` holds the validation AUCs of budget ``s``'s hyperparameters
+trained at budget ``t``, one per seed. They are compared with the diagonal ``(t, t)``, the target
+budget's own best, by Welch's t-test (``scipy.stats.ttest_ind(equal_var=False)``, two-sided):
+the cell is *within noise* when ``p >= alpha``, otherwise *worse* or *better* by the sign of
+``gap = mean(s, t) - mean(t, t)``. Fewer than two finite seeds on either side: no test
+(``p_value`` None), *within noise*. Both sides without any seed-to-seed spread: ``p`` is 1 when
+the means are equal, else 0. Budget ``s``'s hyperparameters *transfer* when none of its feasible
+cells is worse; with no feasible off-diagonal cell the verdict is ``inconclusive``.
 
 ``--dry-run`` prints the plan (cells, solved configs, seeds to train, estimated cost from the
 studies' recorded trial durations) and trains and writes nothing.
@@ -55,16 +56,15 @@ app = typer.Typer(add_completion=False)
 class CrossBudgetConfig:
     """``params.yaml`` section ``cross_budget``."""
 
-    seeds: int = 3  # seeds per cell, the study's own seed first
-    noise_z: float = 2.0  # band = noise_z x the diagonal's seed-to-seed std
-    min_noise: float = 0.002  # AUC floor of the band
+    seeds: int = 3  # fresh seeds per cell (never the study's own), trained as one batch
+    alpha: float = 0.05  # level of the two-sided Welch t-test of a cell against the diagonal
     budgets: list[str] = field(default_factory=list)  # empty = the hpo section's budgets
 
     def __post_init__(self) -> None:
-        if self.seeds < 1:
-            raise TierHpoError(f"cross_budget.seeds must be >= 1, got {self.seeds}")
-        if self.noise_z < 0 or self.min_noise < 0:
-            raise TierHpoError("cross_budget.noise_z and cross_budget.min_noise must be >= 0")
+        if self.seeds < 2:
+            raise TierHpoError(f"cross_budget.seeds must be >= 2 (the t-test needs a spread), got {self.seeds}")
+        if not 0.0 < self.alpha < 1.0:
+            raise TierHpoError(f"cross_budget.alpha must be in (0, 1), got {self.alpha}")
 
 
 # ---------------------------------------------------------------------------- the studies' results
@@ -185,8 +185,7 @@ class Cell:
     target: str  # at which budget
     model_config: Any | None  # training.model.ModelConfig, None = infeasible
     n_params: int | None
-    seeds: list[int]
-    reused: dict[int, float]  # seed -> val/auc taken from the study (diagonal only)
+    seeds: list[int]  # fresh seeds, never the source study's own
     est_seconds_per_run: float | None = None
     val_auc: dict[int, float] = field(default_factory=dict)  # seed -> val/auc (filled by training)
 
@@ -196,7 +195,18 @@ class Cell:
 
     @property
     def to_train(self) -> list[int]:
-        return [s for s in self.seeds if s not in self.reused] if self.feasible else []
+        return list(self.seeds) if self.feasible else []
+
+
+def fresh_seeds(study_seed: int, n: int) -> list[int]:
+    """``n`` distinct seeds derived from ``study_seed`` (numpy ``SeedSequence``), none equal to it:
+    the study's own seed won the search, so its result is biased upwards (winner's curse)."""
+    seeds: list[int] = []
+    state = np.random.SeedSequence([study_seed, 0xC805]).generate_state(2 * n + 1, dtype=np.uint32)
+    for value in (int(v) & 0x7FFFFFFF for v in state):
+        if value != study_seed and value not in seeds and len(seeds) < n:
+            seeds.append(value)
+    return seeds
 
 
 def architecture_of(study: Study):
@@ -217,17 +227,15 @@ def plan(studies: dict[str, Study], cfg: CrossBudgetConfig, rules: dict[str, Any
         arch, src_cfg = architecture_of(study), study.model_config()
         if (src_cfg.n_features, src_cfg.context_len) != (first.n_features, first.context_len):
             raise TierHpoError(f"studies of {study.tier} h{study.horizon} disagree on features/context_len; rerun them")
-        base_seed = study.train_config().seed
-        seeds = [base_seed + i for i in range(cfg.seeds)]
+        seeds = fresh_seeds(study.train_config().seed, cfg.seeds)
         for target in studies:
             if target == source:
-                model_cfg, reused = src_cfg, {base_seed: study.val_auc}
+                model_cfg = src_cfg
             else:
                 model_cfg = solve(arch, target, src_cfg.n_features, src_cfg.context_len, dropout=src_cfg.dropout,
                                   **rules)
-                reused = {}
             n_params = count_params(model_cfg) if model_cfg is not None else None
-            cells.append(Cell(source, target, model_cfg, n_params, seeds, reused, durations[target]))
+            cells.append(Cell(source, target, model_cfg, n_params, list(seeds), durations[target]))
     return cells
 
 
@@ -263,7 +271,7 @@ def _mlflow_trial_seconds(study: Study) -> float | None:
 
 def format_plan(cells: list[Cell], tier: str, horizon: int) -> str:
     lines = [f"cross-budget plan for {tier} h{horizon}: rows = whose hyperparameters, columns = trained at budget"]
-    total_runs, total_seconds, unknown = 0, 0.0, False
+    total_runs, total_seconds, unknown = 0, 0.0, False  # a batch of k seeds is costed as k runs (an upper bound)
     for c in cells:
         head = f"  {c.source:>6} hp @ {c.target:<6}"
         if not c.feasible:
@@ -279,8 +287,7 @@ def format_plan(cells: list[Cell], tier: str, horizon: int) -> str:
         else:
             total_seconds += runs * c.est_seconds_per_run
             cost = f"~{runs * c.est_seconds_per_run:.0f}s ({runs} x {c.est_seconds_per_run:.1f}s per trial)"
-        reuse = f", reuses the study's seed {sorted(c.reused)}" if c.reused else ""
-        lines.append(f"{head} {shape}; train seeds {c.to_train}{reuse}; {cost}")
+        lines.append(f"{head} {shape}; train seeds {c.to_train} (one batch); {cost}")
     est = f"~{total_seconds / 60:.1f} min" + (" + cells without recorded times" if unknown else "")
     lines.append(f"  total: {total_runs} training runs, estimated {est}")
     return "\n".join(lines)
@@ -290,26 +297,44 @@ def format_plan(cells: list[Cell], tier: str, horizon: int) -> str:
 
 
 def train_cells(cells: list[Cell], studies: dict[str, Study], data: Any, on_run: Any = None) -> None:
-    """Train every cell's missing seeds on ``data`` and fill ``cell.val_auc``; ``on_run(cell, seed, result)``."""
-    from training.trainer import train
+    """Train every feasible cell's seeds on ``data``, one batch per cell (``train_batch``: the same
+    structure, one member per seed), and fill ``cell.val_auc``; ``on_run(cell, seed, result)``."""
+    from training.batched import train_batch
 
     for cell in cells:
-        cell.val_auc = dict(cell.reused)
+        cell.val_auc = {}
+        if not cell.to_train:
+            continue
         base = dataclasses.replace(studies[cell.source].train_config(), progress=False)
-        for seed in cell.to_train:
-            result = train(cell.model_config, dataclasses.replace(base, seed=seed), data)
+        configs = [dataclasses.replace(base, seed=seed) for seed in cell.to_train]
+        results = train_batch([cell.model_config] * len(configs), configs, data)
+        for seed, result in zip(cell.to_train, results, strict=True):
             if on_run is not None:
                 on_run(cell, seed, result)
             auc = result.val_metrics.get(METRIC, math.nan) if result.ok else math.nan
             cell.val_auc[seed] = float(auc)
 
 
+def welch_p(cell: list[float], diagonal: list[float]) -> float | None:
+    """Two-sided p-value of Welch's t-test of a cell's seed AUCs against the diagonal's; None with
+    fewer than two values on either side; 1 or 0 when neither side has any spread."""
+    from scipy import stats as st
+
+    if len(cell) < 2 or len(diagonal) < 2:
+        return None
+    if np.ptp(cell) == 0 and np.ptp(diagonal) == 0:  # scipy would divide float noise by zero
+        return 1.0 if cell[0] == diagonal[0] else 0.0
+    p = float(st.ttest_ind(cell, diagonal, equal_var=False).pvalue)
+    return p if math.isfinite(p) else None
+
+
 def summarise(cells: list[Cell], budgets: list[str], cfg: CrossBudgetConfig) -> dict[str, Any]:
     """Mean/std matrices, per-cell verdicts against the diagonal and a transfer verdict per budget."""
     by = {(c.source, c.target): c for c in cells}
-    stats = {}
+    stats, finite = {}, {}
     for key, c in by.items():
         values = [v for v in c.val_auc.values() if math.isfinite(v)]
+        finite[key] = values
         stats[key] = {
             "mean": float(np.mean(values)) if values else None,
             "std": float(np.std(values, ddof=1)) if len(values) > 1 else (0.0 if values else None),
@@ -323,7 +348,7 @@ def summarise(cells: list[Cell], budgets: list[str], cfg: CrossBudgetConfig) -> 
             entry = {
                 "source": s, "target": t, "feasible": c.feasible, "n_params": c.n_params,
                 "model_config": dataclasses.asdict(c.model_config) if c.feasible else None,
-                "seeds": c.seeds if c.feasible else [], "reused_seeds": sorted(c.reused),
+                "seeds": c.seeds if c.feasible else [],
                 "val_auc": {str(k): v for k, v in sorted(c.val_auc.items())}, **st,
             }
             if not c.feasible:
@@ -336,17 +361,18 @@ def summarise(cells: list[Cell], budgets: list[str], cfg: CrossBudgetConfig) -> 
             elif s == t:
                 entry["verdict"] = "diagonal"
             else:
-                band = max(cfg.noise_z * diag["std"], cfg.min_noise)
                 gap = st["mean"] - diag["mean"]
-                entry.update(gap=gap, band=band)
-                entry["verdict"] = "worse" if gap < -band else "better" if gap > band else "within noise"
+                p = welch_p(finite[(s, t)], finite[(t, t)])
+                entry.update(gap=gap, p_value=p, alpha=cfg.alpha)
+                entry["verdict"] = ("within noise" if p is None or p >= cfg.alpha
+                                    else "worse" if gap < 0 else "better")
                 {"worse": worse, "better": better, "within noise": within}[entry["verdict"]].append(t)
             out_cells.append(entry)
         compared = worse + better + within
         transfers = None if not compared else not worse
         text = ("inconclusive: no feasible off-diagonal cell" if transfers is None
                 else f"transfers (within noise at {within or '-'}, better at {better or '-'})" if transfers
-                else f"does not transfer: worse beyond noise at {worse}")
+                else f"does not transfer: significantly worse at {worse}")
         if infeasible:
             text += f"; infeasible at {infeasible}"
         if failed:
@@ -381,9 +407,11 @@ def matrix_document(tier: str, horizon: int, budgets: list[str], cells: list[Cel
         "tier": tier, "horizon": horizon, "metric": METRIC, "budgets": budgets,
         "rows": "whose best hyperparameters (source budget)", "columns": "budget they were trained at (target)",
         "n_seeds": cfg.seeds,
-        "diagonal": "reuses each study's best trial for the study's seed; the other seeds are trained",
-        "noise_rule": (f"off-diagonal within noise when |mean(s,t) - mean(t,t)| <= max({cfg.noise_z:g} x "
-                       f"std(t,t), {cfg.min_noise:g}); std over seeds, ddof=1"),
+        "diagonal": "trained with fresh seeds like every other cell (never the study's own seed: winner's curse)",
+        "alpha": cfg.alpha,
+        "noise_rule": (f"off-diagonal within noise when Welch's t-test of its seed AUCs against the diagonal's "
+                       f"gives p >= {cfg.alpha:g} (two-sided); else worse or better by the sign of "
+                       "mean(s,t) - mean(t,t)"),
         "studies": {b: {"study_name": s.best["study_name"], "trial_number": s.best["trial_number"],
                         "mlflow_run_id": s.best["mlflow_run_id"]} for b, s in studies.items()},
         "best_hyperparameters": json.loads(table.to_json(orient="columns")),
@@ -473,8 +501,7 @@ def run_cross_budget(tier: str, horizon: int, budgets: list[str], cfg: CrossBudg
                            {"tier": tier, "horizon": str(horizon), "budgets": ",".join(budgets)})
     experiment_id = run.info.experiment_id
     with paths.mlflow_fluent_tracking(), mlflow.start_run(run_id=run.info.run_id):
-        mlflow.log_params({"seeds": cfg.seeds, "noise_z": cfg.noise_z, "min_noise": cfg.min_noise,
-                           "budgets": ",".join(budgets)})
+        mlflow.log_params({"seeds": cfg.seeds, "alpha": cfg.alpha, "budgets": ",".join(budgets)})
 
         def log_cell(cell: Cell, seed: int, result: Any) -> None:
             with mlflow.start_run(run_name=f"{cell.source}-hp-at-{cell.target}-seed{seed}", nested=True,

@@ -84,8 +84,9 @@ def main(
     seed: Annotated[int | None, typer.Option(help="Seed of the samplers and the trainer (default: hpo.seed).")] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads; 0 = all cores (default: hpo.threads).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="One line per trial, no progress bars.")] = False,
-    workers: Annotated[int, typer.Option(
-        help="Worker processes on this machine, each with cores // N threads (docs/distributed.md).")] = 1,
+    workers: Annotated[int | None, typer.Option(
+        help="Worker processes on this machine, each with cores // N threads; 0 = one per core "
+             "(default: hpo.workers; docs/distributed.md).")] = None,
     join: Annotated[bool, typer.Option(
         "--join", help="Only join a study another machine started; stop if params or data differ.")] = False,
     worker_offset: Annotated[int | None, typer.Option(
@@ -107,10 +108,11 @@ def main(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if trials is not None and trials < 1:
         raise TierHpoError(f"--trials must be >= 1, got {trials}")
-    if workers < 1:
-        raise TierHpoError(f"--workers must be >= 1, got {workers}")
+    if workers is not None and workers < 0:
+        raise TierHpoError(f"--workers must be >= 0 (0 = one per core), got {workers}")
     spec, data, hpo = build_spec(tier, budget, horizon, forced=forced, seed=seed, trials=trials, threads=threads,
                                  max_memory_gb=max_memory_gb)
+    workers = resolve_workers(hpo.workers if workers is None else workers, hpo.trials)
     storage_url = storage or paths.optuna_storage_url()
     settings = WorkerSettings(storage=hpo.storage, log_every_s=hpo.log_every_s,
                               progress=spec.train.progress and not quiet and workers == 1)
@@ -141,6 +143,22 @@ def main(
           f"{m['hpo/n_failed']} failed; wasted {m['hpo/wasted_fraction']:.1%}; coverage {m['hpo/coverage']:.2f}")
     _echo(f"wrote {_relative(out)}/{{best.json,model.pt,metrics.json,trials.csv,refit.*,val_predictions.parquet}}; "
           f"MLflow parent run {result.parent_run_id}")
+
+
+def resolve_workers(requested: int, trials: int, cores: int | None = None) -> int:
+    """Worker processes for a study: ``requested``, or for 0 one per available core, at most
+    ``trials`` (a worker beyond the trial budget would only start and stop). With one worker per
+    core each gets ``cores // workers`` = 1 torch thread (training.search.workers.plan_workers):
+    on one small model that beats two threads several times over (BENCHMARKS.md)."""
+    if requested < 0:
+        raise TierHpoError(f"workers must be >= 0 (0 = one per core), got {requested}")
+    if requested:
+        return requested
+    if cores is None:
+        from training.search.workers import available_cpus
+
+        cores = len(available_cpus())
+    return max(1, min(cores, trials))
 
 
 def refit_seeds(hpo_seed: int, n: int) -> list[int]:

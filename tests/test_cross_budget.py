@@ -29,7 +29,7 @@ def shared(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         point_at(root, mp)
         project(root / "proj", mp, {
-            "cross_budget": {"seeds": 2, "noise_z": 2.0, "min_noise": 0.002, "budgets": []},
+            "cross_budget": {"seeds": 2, "alpha": 0.05, "budgets": []},
             "hpo": {"budgets": BUDGETS},
         })
         data = tiny_tier()
@@ -63,10 +63,11 @@ def test_dry_run_prints_the_plan_and_trains_and_writes_nothing(studies, monkeypa
     out = result.output
     assert "2K hp @ 8K" in out and "8K hp @ 2K" in out
     assert "8K hp @ 2K     infeasible" in out
-    assert "reuses the study's seed [0]" in out and "reuses the study's seed [5]" in out
-    assert "train seeds [0, 1]" in out  # 2K hyperparameters at 8K: both seeds trained
-    assert "1 x 3.0s per trial" in out  # median of the COMPLETE trials' recorded durations (2, 4, 3 s)
-    assert "total: 4 training runs" in out
+    assert "reuses" not in out  # the diagonal is trained with fresh seeds like every other cell
+    assert f"train seeds {cb.fresh_seeds(0, 2)} (one batch)" in out  # 2K hyperparameters, at 2K and at 8K
+    assert f"train seeds {cb.fresh_seeds(5, 2)} (one batch)" in out
+    assert "2 x 3.0s per trial" in out  # median of the COMPLETE trials' recorded durations (2, 4, 3 s)
+    assert "total: 6 training runs" in out
     assert paths.cross_budget_dir(TIER, HORIZON).exists() == outputs_before
     assert len(all_runs()) == runs_before
     # The MLproject entry point passes the flag as an environment variable (`-P dry_run=true`).
@@ -85,10 +86,11 @@ def test_matrix_verdicts_outputs_and_mlflow_run(studies):
     saved = json.loads((out / "matrix.json").read_text())
     assert saved["budgets"] == BUDGETS and saved["n_seeds"] == 2
     cells = {(c["source"], c["target"]): c for c in saved["cells"]}
-    # Diagonal: the study's own seed is reused, the extra seed is trained.
+    # Diagonal: trained with fresh seeds, never the study's own seed (winner's curse).
     diag = cells[("2K", "2K")]
-    assert diag["reused_seeds"] == [0] and diag["val_auc"]["0"] == best["2K"]["metrics"]["val/auc"]
-    assert set(diag["val_auc"]) == {"0", "1"} and diag["n"] == 2
+    assert diag["seeds"] == cb.fresh_seeds(0, 2) and 0 not in diag["seeds"]
+    assert set(diag["val_auc"]) == {str(s) for s in diag["seeds"]} and diag["n"] == 2
+    assert best["2K"]["metrics"]["val/auc"] not in diag["val_auc"].values()
     # Infeasible cell reported as such, never trained.
     assert cells[("8K", "2K")]["verdict"] == "infeasible" and cells[("8K", "2K")]["mean"] is None
     assert saved["mean"][1][0] is None
@@ -96,7 +98,10 @@ def test_matrix_verdicts_outputs_and_mlflow_run(studies):
     off = cells[("2K", "8K")]
     assert off["feasible"] and abs(off["n_params"] - 8000) <= 800
     assert off["model_config"]["d_model"] > best["2K"]["model_config"]["d_model"]
-    assert off["verdict"] in ("within noise", "worse", "better") and "band" in off
+    assert off["verdict"] in ("within noise", "worse", "better") and 0.0 <= off["p_value"] <= 1.0
+    assert off["verdict"] == ("within noise" if off["p_value"] >= 0.05 else "worse" if off["gap"] < 0 else "better")
+    assert off["seeds"] == diag["seeds"]  # a source's cells share its seeds
+    assert "Welch" in saved["noise_rule"] and saved["alpha"] == 0.05
     assert saved["transfer"]["2K"]["transfers"] == (off["verdict"] != "worse")
     assert saved["transfer"]["8K"]["transfers"] is None and "infeasible at ['2K']" in saved["transfer"]["8K"]["summary"]
     # Best hyperparameters side by side.
@@ -116,42 +121,81 @@ def test_matrix_verdicts_outputs_and_mlflow_run(studies):
     assert {"cross-budget/matrix.json", "cross-budget/heatmap.png", "cross-budget/hparams.md"} <= artifacts
     children = client.search_runs([run.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'")
-    assert len(children) == 1 + 1 + 2  # extra diagonal seed per budget + two seeds of the one feasible cell
+    assert len(children) == 2 + 2 + 2  # two seeds per diagonal cell + two seeds of the one feasible off-diagonal cell
     assert all(c.info.status == "FINISHED" for c in children)
 
 
-def test_reusing_the_studys_result_is_what_retraining_would_give(studies):
-    """The diagonal reuse is sound: the same config and seed retrain to the identical val AUC."""
+def test_fresh_seeds_never_include_the_study_seed():
+    for study_seed in (0, 5, 123):
+        seeds = cb.fresh_seeds(study_seed, 5)
+        assert len(set(seeds)) == 5 and study_seed not in seeds
+        assert seeds == cb.fresh_seeds(study_seed, 5) and seeds[:3] == cb.fresh_seeds(study_seed, 3)
+
+
+def test_a_cell_trained_as_one_batch_matches_training_each_seed_alone(studies):
+    """train_cells trains a cell's seeds in one train_batch pass; each member is the model
+    trainer.train gives for that seed (same init, same data order)."""
     data, best = studies
     study = cb.read_study(TIER, "2K", HORIZON)
-    result = train(study.model_config(), dataclasses.replace(study.train_config(), progress=False), data)
-    assert result.val_metrics["val/auc"] == best["2K"]["metrics"]["val/auc"]
+    seeds = cb.fresh_seeds(0, 2)
+    one = cb.Cell("2K", "2K", study.model_config(), 1, seeds)
+    cb.train_cells([one], {"2K": study}, data)
+    base = dataclasses.replace(study.train_config(), progress=False)
+    for seed in seeds:
+        alone = train(study.model_config(), dataclasses.replace(base, seed=seed), data)
+        assert one.val_auc[seed] == pytest.approx(alone.val_metrics["val/auc"], abs=2e-3)
 
 
 def cell(source, target, aucs, feasible=True):
     shape = ModelConfig(n_features=2, context_len=4, patch_len=2, d_model=4, n_layers=1, n_heads=1, d_ff=4)
-    return cb.Cell(source, target, shape if feasible else None, 1, list(range(len(aucs))), {},
+    return cb.Cell(source, target, shape if feasible else None, 1, list(range(len(aucs))),
                    val_auc=dict(enumerate(aucs)))
 
 
-def test_verdict_rule_against_the_diagonal_noise():
-    cfg = cb.CrossBudgetConfig(seeds=3, noise_z=2.0, min_noise=0.002)
+def test_verdict_rule_is_welchs_t_test_against_the_diagonal():
+    from scipy import stats
+
+    cfg = cb.CrossBudgetConfig(seeds=3, alpha=0.05)
     budgets = ["1M", "2M", "3M"]
     cells = [
-        cell("1M", "1M", [0.70, 0.71, 0.72]), cell("1M", "2M", [0.745, 0.75, 0.755]), cell("1M", "3M", [0.70] * 3),
-        cell("2M", "1M", [0.69, 0.70, 0.71]), cell("2M", "2M", [0.75, 0.76, 0.77]), cell("2M", "3M", [0.61] * 3),
-        cell("3M", "1M", [], feasible=False), cell("3M", "2M", [], feasible=False), cell("3M", "3M", [0.65, 0.65, 0.65]),
+        cell("1M", "1M", [0.70, 0.71, 0.72]), cell("1M", "2M", [0.745, 0.75, 0.755]),
+        cell("1M", "3M", [0.70, 0.705, 0.71]),
+        cell("2M", "1M", [0.69, 0.70, 0.71]), cell("2M", "2M", [0.75, 0.76, 0.77]),
+        cell("2M", "3M", [0.60, 0.61, 0.62]),
+        cell("3M", "1M", [], feasible=False), cell("3M", "2M", [], feasible=False),
+        cell("3M", "3M", [0.64, 0.65, 0.66]),
     ]
     summary = cb.summarise(cells, budgets, cfg)
-    got = {(c["source"], c["target"]): c["verdict"] for c in summary["cells"]}
-    assert got[("1M", "2M")] == "within noise"  # 0.75 vs 0.76 +- 2 x 0.01
-    assert got[("1M", "3M")] == "better"  # 0.70 vs 0.65, diagonal sd 0 -> band = min_noise
+    by = {(c["source"], c["target"]): c for c in summary["cells"]}
+    got = {k: c["verdict"] for k, c in by.items()}
+    assert got[("1M", "2M")] == "within noise"  # 0.75 vs 0.76: p ~ 0.2
+    assert by[("1M", "2M")]["p_value"] == pytest.approx(
+        stats.ttest_ind([0.745, 0.75, 0.755], [0.75, 0.76, 0.77], equal_var=False).pvalue)
+    assert got[("1M", "3M")] == "better" and by[("1M", "3M")]["p_value"] < 0.05
     assert got[("2M", "1M")] == "within noise"
-    assert got[("2M", "3M")] == "worse"
+    assert got[("2M", "3M")] == "worse" and by[("2M", "3M")]["gap"] == pytest.approx(-0.04)
     assert got[("3M", "1M")] == "infeasible"
+    assert got[("1M", "1M")] == "diagonal" and "p_value" not in by[("1M", "1M")]
     t = summary["transfer"]
     assert t["1M"]["transfers"] is True and t["2M"]["transfers"] is False and t["3M"]["transfers"] is None
     assert summary["mean"][0][1] == pytest.approx(0.75) and summary["std"][0][0] == pytest.approx(0.01)
+
+
+def test_welch_edge_cases_and_alpha():
+    assert cb.welch_p([0.7], [0.6, 0.7]) is None  # one finite seed: no test
+    assert cb.welch_p([0.7, 0.7], [0.7, 0.7]) == 1.0  # no spread anywhere, equal
+    assert cb.welch_p([0.7, 0.7], [0.6, 0.6]) == 0.0  # no spread anywhere, different
+    budgets = ["1M", "2M"]
+    cells = [cell("1M", "1M", [0.70, 0.71, 0.72]), cell("1M", "2M", [0.70, 0.71, 0.72]),
+             cell("2M", "1M", [0.74, 0.755, 0.76]), cell("2M", "2M", [0.74, 0.75, 0.76])]
+    loose = cb.summarise(cells, budgets, cb.CrossBudgetConfig(seeds=3, alpha=0.5))
+    strict = cb.summarise(cells, budgets, cb.CrossBudgetConfig(seeds=3, alpha=0.001))
+    assert {c["verdict"] for c in loose["cells"] if c["source"] == "2M" and c["target"] == "1M"} == {"better"}
+    assert {c["verdict"] for c in strict["cells"] if c["source"] == "2M" and c["target"] == "1M"} == {"within noise"}
+    with pytest.raises(TierHpoError, match="alpha"):
+        cb.CrossBudgetConfig(alpha=1.5)
+    with pytest.raises(TierHpoError, match="seeds"):
+        cb.CrossBudgetConfig(seeds=1)
 
 
 def test_missing_study_and_bad_budgets_are_one_line_errors(studies):

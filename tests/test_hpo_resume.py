@@ -98,7 +98,7 @@ def test_cli_resumes_after_sigkill(repo_copy, isolated_stores):
     (repo_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     build_validated_tier(repo_copy, "a20", env)
     command = ["tierhpo", "hpo", "--tier", "a20", "--budget", "20K", "--horizon", "1", "--trials", "3",
-               "--forced", "2", "--quiet", "--threads", "1"]
+               "--forced", "2", "--quiet", "--threads", "1", "--workers", "1"]
     storage = os.environ["TIERHPO_OPTUNA_STORAGE"]
 
     proc = subprocess.Popen(command, cwd=repo_copy, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

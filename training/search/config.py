@@ -77,7 +77,10 @@ class HpoConfig:
     late_prune_fraction: float = 0.5  # pruned after more than this share of max_epochs = wasted
     storage: StorageConfig = field(default_factory=StorageConfig)
     log_every_s: float = 15.0  # flush per-epoch MLflow step metrics at most this often (and at the end)
-    threads: int = 0  # torch threads for `tierhpo hpo`; 0 = all cores
+    threads: int = 0  # torch threads of a single-process `tierhpo hpo` (workers = 1); 0 = all cores
+    # worker processes of `tierhpo hpo` (--workers overrides); 0 = one per core (at most hpo.trials),
+    # each with cores // workers torch threads: 1 thread each at one worker per core (BENCHMARKS.md)
+    workers: int = 0
     refit_seeds: int = 3  # fresh seeds (never `seed`) the best configuration is retrained with, batched
 
     def __post_init__(self) -> None:
@@ -91,6 +94,8 @@ class HpoConfig:
             raise TierHpoError(f"hpo.late_prune_fraction must be in (0, 1], got {self.late_prune_fraction}")
         if self.threads < 0 or self.log_every_s < 0:
             raise TierHpoError("hpo.threads and hpo.log_every_s must be >= 0")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
+            raise TierHpoError(f"hpo.workers must be an integer >= 0 (0 = one per core), got {self.workers!r}")
         if self.refit_seeds < 0:
             raise TierHpoError(f"hpo.refit_seeds must be >= 0, got {self.refit_seeds}")
         if not self.tiers or not self.budgets or not self.horizons:
