@@ -45,17 +45,24 @@ def log_batch(client: Any, run_id: str, metrics: list[Any] = (), params: list[An
                          tags=[r for k, r in chunk if k == "t"])
 
 
+def create_stage_run(client: Any, experiment_id: str, stage: str, run_name: str,
+                     tags: dict[str, str] | None = None) -> Any:
+    """A new RUNNING run of ``stage`` (nested under ``MLFLOW_RUN_ID`` when set); the caller ends it
+    (``mlflow.start_run(run_id=...)`` as a context, or ``stage_run`` below)."""
+    outer_experiment, outer = parent_run(client)
+    all_tags = {"stage": stage, **provenance.run_tags(), **(tags or {})}
+    if outer:
+        all_tags[PARENT_TAG] = outer
+    return client.create_run(outer_experiment or str(experiment_id), run_name=run_name, tags=all_tags)
+
+
 @contextlib.contextmanager
 def stage_run(client: Any, experiment_id: str, stage: str, run_name: str,
               tags: dict[str, str] | None = None) -> Iterator[str]:
     """A RUNNING run of ``stage`` (nested under ``MLFLOW_RUN_ID`` when set); yields its id, then ends it."""
     from mlflow.entities import RunStatus
 
-    outer_experiment, outer = parent_run(client)
-    all_tags = {"stage": stage, **provenance.run_tags(), **(tags or {})}
-    if outer:
-        all_tags[PARENT_TAG] = outer
-    run = client.create_run(outer_experiment or str(experiment_id), run_name=run_name, tags=all_tags)
+    run = create_stage_run(client, experiment_id, stage, run_name, tags)
     status = RunStatus.to_string(RunStatus.FAILED)
     try:
         yield run.info.run_id

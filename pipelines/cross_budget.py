@@ -32,7 +32,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,11 +43,12 @@ import typer
 
 from common import atomic, config, paths, provenance, store_init
 from common.errors import TierHpoError
+from common.mlflow_runs import create_stage_run
+from training.study_record import METRIC, Study, check_study_horizon, load_data, read_study, resolve_budgets
 
 log = logging.getLogger(__name__)
 
 STAGE = "cross-budget"
-METRIC = "val/auc"
 app = typer.Typer(add_completion=False)
 
 
@@ -65,106 +65,6 @@ class CrossBudgetConfig:
             raise TierHpoError(f"cross_budget.seeds must be >= 2 (the t-test needs a spread), got {self.seeds}")
         if not 0.0 < self.alpha < 1.0:
             raise TierHpoError(f"cross_budget.alpha must be in (0, 1), got {self.alpha}")
-
-
-# ---------------------------------------------------------------------------- the studies' results
-
-
-@dataclass(frozen=True)
-class Study:
-    """One finished HPO study as ``best.json`` describes it (see docs/architecture.md)."""
-
-    tier: str
-    budget: str
-    horizon: int
-    directory: Path
-    best: dict[str, Any]
-
-    @property
-    def weights_path(self) -> Path:
-        return self.directory / "model.pt"
-
-    @property
-    def val_auc(self) -> float:
-        return float(self.best["metrics"][METRIC])
-
-    def model_config(self):
-        from training.model import ModelConfig
-
-        return ModelConfig.from_dict(self.best["model_config"])
-
-    def train_config(self):
-        from training.trainer import TrainConfig
-
-        return TrainConfig.from_dict(self.best["train_config"])
-
-    def state_dict(self) -> dict[str, Any]:
-        import torch
-
-        if not self.weights_path.is_file():
-            raise TierHpoError(f"{self.weights_path} is missing; rerun: tierhpo hpo --tier {self.tier} "
-                               f"--budget {self.budget} --horizon {self.horizon}")
-        return torch.load(self.weights_path, map_location="cpu", weights_only=True)
-
-
-_BEST_KEYS = ("study_name", "trial_number", "mlflow_run_id", "experiment_id", "params", "model_config",
-              "train_config", "n_params", "metrics")
-
-
-def read_study(tier: str, budget: str, horizon: int) -> Study:
-    """The study of ``(tier, budget, horizon)``; a missing or incomplete ``best.json`` is a one-line error."""
-    directory = paths.study_dir(tier, budget, horizon)
-    path = directory / "best.json"
-    hint = f"run: tierhpo hpo --tier {tier} --budget {budget} --horizon {horizon}"
-    if not path.is_file():
-        raise TierHpoError(f"no finished study for {tier} {budget} h{horizon} ({path} is missing); {hint}")
-    try:
-        best = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise TierHpoError(f"{path} is not valid JSON ({exc.msg}); {hint}") from exc
-    missing = [k for k in _BEST_KEYS if k not in best]
-    if missing or METRIC not in best.get("metrics", {}):
-        raise TierHpoError(f"{path} lacks {missing or [f'metrics.{METRIC}']}; it was not written by tierhpo hpo; {hint}")
-    return Study(tier, budget, horizon, directory, best)
-
-
-def studied_horizons(tier: str) -> list[int]:
-    """Horizons with at least one finished study (a ``best.json``) of ``tier`` on disk."""
-    root = paths.results_dir() / "hpo" / tier
-    found = {int(p.parent.name[1:]) for p in root.glob("*/h*/best.json") if p.parent.name[1:].isdigit()}
-    return sorted(found)
-
-
-def check_study_horizon(tier: str, horizon: int) -> None:
-    """Refuse a ``--horizon`` no study can have, with a suggestion that can work: the studied
-    horizons, or what to add to params.yaml and run first."""
-    from training.dataset import check_horizon, load_data_config
-
-    data_cfg = load_data_config()
-    check_horizon(horizon, data_cfg.horizons)
-    if horizon in data_cfg.horizons:
-        return  # read_study names the missing study and the `tierhpo hpo` command that makes it
-    studied = studied_horizons(tier)
-    use = f"studies of {tier} exist for --horizon {', '.join(map(str, studied))}; " if studied else ""
-    raise TierHpoError(
-        f"no studies of {tier} h{horizon}: {horizon} is not in data.horizons {data_cfg.horizons}; {use}"
-        f"to study it, add {horizon} to data.horizons and hpo.horizons, rebuild the tiers and run `tierhpo hpo` first"
-    )
-
-
-def resolve_budgets(budgets: list[str] | None) -> list[str]:
-    """Budgets in ascending size: the given ones, else the ``hpo`` section's list (the one place they are declared)."""
-    from training.budget import parse_budget
-
-    if not budgets:
-        hpo = config.load_params().get("hpo") or {}
-        budgets = hpo.get("budgets") or []
-        if not budgets:
-            raise TierHpoError("no budgets: pass --budgets 2M,20M or declare hpo.budgets in params.yaml")
-    budgets = [str(b).strip() for b in budgets]
-    if len(set(map(parse_budget, budgets))) != len(budgets):
-        raise TierHpoError(f"budgets must be distinct, got {budgets}")
-    return sorted(budgets, key=parse_budget)
 
 
 def solver_rules() -> dict[str, Any]:
@@ -460,34 +360,6 @@ def write_outputs(directory: Path, doc: dict[str, Any], table: pd.DataFrame) -> 
 
 
 # ---------------------------------------------------------------------------- MLflow
-
-
-def create_stage_run(client: Any, experiment_id: str, stage: str, run_name: str, extra_tags: dict[str, str]) -> Any:
-    """A new RUNNING run for a stage, in the studies' experiment (tier experiment), tagged with provenance.
-
-    Under ``mlflow run`` (``MLFLOW_RUN_ID`` set for the entry process) it goes into that run's
-    experiment, nested under it, as the HPO engine does with its studies. Created through the
-    client with an explicit parent: ``mlflow.start_run()`` would *resume* ``MLFLOW_RUN_ID`` instead.
-    """
-    from mlflow.exceptions import MlflowException
-
-    tags = {"stage": stage, **provenance.run_tags(), **extra_tags}
-    outer = os.environ.get("MLFLOW_RUN_ID")
-    if outer:
-        try:
-            experiment_id = client.get_run(outer).info.experiment_id
-            tags["mlflow.parentRunId"] = outer
-        except MlflowException:
-            log.warning("MLFLOW_RUN_ID=%s is not a run of this tracking store; not nesting %s under it", outer, stage)
-    return client.create_run(str(experiment_id), run_name=run_name, tags=tags)
-
-
-def load_data(study: Study) -> Any:
-    """The tier the study was trained on (its symbol, context length), refused unless validated."""
-    from training.dataset import load_data_config, load_tier
-
-    symbol = study.best.get("symbol") or load_data_config().symbol
-    return load_tier(symbol, study.tier, study.horizon, study.model_config().context_len, require_validated=True)
 
 
 def run_cross_budget(tier: str, horizon: int, budgets: list[str], cfg: CrossBudgetConfig, data: Any) -> dict[str, Any]:

@@ -42,9 +42,10 @@ import typer
 
 from common import atomic, config, paths, provenance, store_init
 from common.errors import TierHpoError
+from common.mlflow_runs import create_stage_run
 from evaluation.calibration import CalibrationConfig
-from pipelines.cross_budget import Study, create_stage_run, load_data, read_study, resolve_budgets
 from training import baseline_record
+from training.study_record import Study, check_study_horizon, load_data, read_study, resolve_budgets
 
 STAGE = "promote"
 BASELINES = baseline_record.NAMES
@@ -333,7 +334,6 @@ def main(
     budgets: str = typer.Option(None, help="Comma-separated budgets (default: promote.budgets, else hpo.budgets)."),
 ) -> None:
     """Calibrate each budget's best model, test it once with a 95 % AUC CI, and register it (no alias: see select)."""
-    from pipelines.cross_budget import check_study_horizon
     from training.dataset import check_tier, load_data_config
 
     check_tier(tier, load_data_config().tiers)

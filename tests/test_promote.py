@@ -43,6 +43,7 @@ def write_baselines(val_auc: float) -> None:
     directory = paths.baselines_dir(TIER, HORIZON)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "metrics.json").write_text(json.dumps({
+        "vol": {"val/auc": val_auc - 0.04, "test/auc": val_auc - 0.05},
         "logreg": {"val/auc": val_auc - 0.02, "test/auc": val_auc - 0.03},
         "hgb": {"val/auc": val_auc, "test/auc": val_auc - 0.01},
     }))
@@ -219,7 +220,7 @@ def test_registered_version_loads_in_a_new_process_and_predicts(story, registry,
 def _strong_predictions(story) -> np.ndarray:
     """Calibrated test predictions of the strong model, recomputed in this process from its files."""
     from evaluation.calibration import Calibrator
-    from pipelines.cross_budget import Study
+    from training.study_record import Study
     from training.trainer import predict_logits
 
     best = story["studies"]["strong"]
