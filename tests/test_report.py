@@ -199,7 +199,7 @@ def test_stale_or_bad_selection_is_refused(project, monkeypatch, capsys):
 def test_bad_study_outputs_are_refused(project, monkeypatch, capsys):
     (paths.study_dir("a50", "20K", H) / "study.json").write_text('{"trials": []}')
     assert "does not follow the study-outputs contract" in cli_error(monkeypatch, capsys, "--no-mlflow")
-    assert "unknown tier(s) ['a7']" in cli_error(monkeypatch, capsys, "--tier", "a7")
+    assert "unknown tier(s) 'a7'; choose one of" in cli_error(monkeypatch, capsys, "--tier", "a7")
 
 
 def test_selection_record_round_trip(tmp_path):
