@@ -128,7 +128,8 @@ app = typer.Typer(add_completion=False)
 
 @app.command()
 def main(
-    source: Annotated[str, typer.Option(help="Raw daily OHLCV of recent days (CSV or parquet, as for ingest).")],
+    source: Annotated[str, typer.Option(help="Raw daily OHLCV of recent days (CSV or parquet, as for ingest); at least the tier's "
+             "warm-up + context_len days (231 for a20/a50, 284 for a100 at context_len 32).")],
     model: Annotated[str | None, typer.Option(
         help="models:/NAME@ALIAS or models:/NAME/VERSION; default models:/tierhpo-{SYMBOL}-h{H}@champion, "
              "else @candidate.")] = None,

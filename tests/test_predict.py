@@ -168,3 +168,35 @@ def test_dashboard_refuses_a_missing_storage(tmp_path, monkeypatch, capsys):
     assert len(err.strip().splitlines()) == 1 and f"no Optuna storage at {missing}" in err, err
     assert dashboard.sqlite_file("postgresql://u@h/db") is None
     assert dashboard.dashboard_url("127.0.0.1", 8080) == "http://127.0.0.1:8080/"
+
+
+def test_dashboard_serves_an_existing_storage_and_stops(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    optuna.create_study(storage=url, study_name="a20-1K-h1-x")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "TIERHPO_OPTUNA_STORAGE": url}
+    proc = subprocess.Popen([sys.executable, "-c", "from pipelines.cli import app; app()", "dashboard", "--port",
+                             str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, status = time.monotonic() + 60, None
+        while time.monotonic() < deadline and status is None and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as answer:
+                    status = answer.status
+            except OSError:
+                time.sleep(0.5)
+        assert status == 200
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=20)[0]
+    assert f"dashboard: {url} at http://127.0.0.1:{port}/" in out
