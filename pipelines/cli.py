@@ -29,6 +29,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "select": ("pipelines.select", "Compare the grid's cells, name the best, gate the champion (aliases)."),
     "report": ("pipelines.report", "Write one report for the grid: reports/summary.md leads with its answer."),
     "batch": ("pipelines.batch", "Run a tier's budgets, cross-budget, promote and report; resumable."),
+    "predict": ("pipelines.predict", "Print the newest day's calibrated probability from raw OHLCV of recent days."),
+    "dashboard": ("pipelines.dashboard", "Start optuna-dashboard on the project's Optuna storage (127.0.0.1:8080)."),
 }
 
 
