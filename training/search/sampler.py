@@ -18,6 +18,13 @@ trial (phase ``tpe`` / ``coverage`` / ``random``, coverage before, bins gained) 
 the objective of the same process to record; it is not needed to resume, because coverage is
 recomputed from the storage.
 
+Resume: every draw is a function of (seed, the trial's sampling index, the stored trials), never
+of this object's past draws. Before each proposal the per-trial generator is
+``default_rng([seed, index])`` and TPE's private RNG is reseeded from ``derived_seed(seed, index, 1)``
+(:func:`reseed_for_trial`); :func:`sampling_index` discounts trials that were failed and re-queued,
+so a study SIGKILLed mid-trial and resumed samples what the uninterrupted one did (single worker).
+``worker_index`` no longer seeds anything: trials, hence indices, differ between workers.
+
 The extra TPE candidates come from ``TPESampler._sample_relative`` (private): the public
 ``sample_relative`` also writes the proposal into the trial's system attributes for the constant
 liar, once per call, which would advertise a candidate we did not pick. The chosen parameters are
