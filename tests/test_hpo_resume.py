@@ -176,3 +176,84 @@ def test_heartbeat_fails_a_silent_worker_of_another_host(tmp_path, isolated_stor
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert time.monotonic() - started >= 3  # it had to wait out the grace period
     _assert_clean_finish(storage, None, 3, before, killed)
+
+
+REPRO_WORKER = """
+import os, sys, time
+sys.path.insert(0, {repo!r})
+import optuna
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+import training.search.objective as objective
+import training.search.sampler as sampler_module
+# Two start-up trials instead of TPE's ten, so a 6-trial study reaches TPE (and its RNG) before the kill.
+class QuickTPE(sampler_module.TPESampler):
+    def __init__(self, **kwargs):
+        super().__init__(n_startup_trials=2, **kwargs)
+sampler_module.TPESampler = QuickTPE
+stall_at = int(os.environ.get("STALL_AT", "0"))
+if stall_at:
+    real_train, calls = objective.train, []
+    def stalled(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == stall_at:
+            time.sleep(600)
+        return real_train(*args, **kwargs)
+    objective.train = stalled
+from tests.hpo_tiny import settings, tiny_data, tiny_spec
+from training.search.study import run_study
+from training.trainer import TrainConfig
+data = tiny_data(n_days=700)
+spec = tiny_spec(data, train=TrainConfig(max_epochs=2, patience=2, progress=False))
+run_study(spec, data, {n_trials}, os.environ["STORAGE"], settings=settings(), plots=False)
+"""
+
+
+def _completed(storage: str) -> list[optuna.trial.FrozenTrial]:
+    """The COMPLETE trials in order of completion."""
+    done = [t for t in _trials(storage) if t.state == TrialState.COMPLETE]
+    return sorted(done, key=lambda t: t.datetime_complete)
+
+
+def test_resume_reproduces_the_uninterrupted_study(tmp_path, isolated_stores):
+    """A study SIGKILLed mid-trial after 3 COMPLETE trials and resumed ends exactly where the same
+    study run without interruption ends (``--workers 1``): the same parameters and values for every
+    COMPLETE trial in order of completion, and the same best trial.
+
+    The killed trial is failed and re-queued with its parameters, so every later trial has a trial
+    number one higher than in the uninterrupted study, and the resuming process starts with a fresh
+    sampler object. Sampling must therefore depend on neither: each draw is seeded from the study
+    seed and the trial's *sampling index* (its number less the failed-and-re-queued trials before it),
+    and reads only the stored history (TPE start-up cut to 2 trials so TPE draws are covered).
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    n_trials, stall_at = 6, 4  # forced 0, 1, then trial 2 (TPE); trial 3 is killed mid-run
+    script = tmp_path / "worker.py"
+    script.write_text(REPRO_WORKER.format(repo=str(REPO), n_trials=n_trials))
+    straight = f"sqlite:///{tmp_path / 'straight.db'}"
+    resumed = os.environ["TIERHPO_OPTUNA_STORAGE"]
+
+    once = subprocess.run([sys.executable, str(script)], env={**env, "STORAGE": straight,
+                               "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'straight-mlflow.db'}"},
+                          capture_output=True, text=True, timeout=900)
+    assert once.returncode == 0, once.stdout[-3000:] + once.stderr[-3000:]
+
+    proc = subprocess.Popen([sys.executable, str(script)], env={**env, "STORAGE": resumed, "STALL_AT": str(stall_at)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        before, killed = _wait_for(
+            lambda: (lambda m: m if m and len(m[0]) == stall_at - 1 else None)(_mid_trial(resumed)),
+            600, "the fourth trial mid-run", proc)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    again = subprocess.run([sys.executable, str(script)], env={**env, "STORAGE": resumed},
+                           capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    _assert_clean_finish(resumed, None, n_trials, before, killed)
+
+    a, b = _completed(straight), _completed(resumed)
+    assert [t.params for t in a] == [t.params for t in b]
+    assert [t.value for t in a] == [t.value for t in b]
+    best_a = max(a, key=lambda t: t.value)
+    best_b = max(b, key=lambda t: t.value)
+    assert (best_a.params, best_a.value) == (best_b.params, best_b.value)

@@ -117,3 +117,41 @@ def test_private_tpe_method_the_sampler_relies_on_still_exists():
 def test_best_value_is_sane(steer):
     study, _, _ = run(steer, 20)
     assert study.best_value > 0.7
+
+
+@pytest.mark.parametrize("kind", ["coverage", "tpe", "random"])
+def test_a_fresh_sampler_continues_the_study_as_the_first_one_would_have(kind):
+    """Resume: a new process (a new sampler object, its RNG at the start) on the stored history
+    proposes what the process that ran the first trials would have proposed next."""
+    from training.search.sampler import SeededRandomSampler, SeededTPESampler
+
+    def go(storage, n):
+        if kind == "coverage":
+            return run(True, n, seed=3, storage=storage, name="r")[0]
+        sampler = SeededTPESampler(seed=3) if kind == "tpe" else SeededRandomSampler(seed=3)
+        study = optuna.create_study(direction="maximize", sampler=sampler, storage=storage, study_name="r",
+                                    load_if_exists=True)
+        study.optimize(lambda t: fake_auc({p.name: p.suggest(t) for p in SPACE.params}), n_trials=n)
+        return study
+
+    straight = go(optuna.storages.InMemoryStorage(), 14)
+    split = optuna.storages.InMemoryStorage()
+    go(split, 11)  # past TPE's 10 start-up trials, so the second half draws from TPE
+    resumed = go(split, 3)
+    assert [t.params for t in resumed.get_trials()] == [t.params for t in straight.get_trials()]
+
+
+def test_sampling_index_skips_trials_that_were_failed_and_re_queued():
+    from optuna.trial import TrialState, create_trial
+
+    from training.search.sampler import sampling_index
+
+    dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    done = lambda n, **kw: create_trial(state=TrialState.COMPLETE, value=0.5, params={"x": 0.1 * n},  # noqa: E731
+                                        distributions=dist, **kw)
+    trials = [done(0), create_trial(state=TrialState.FAIL, params={"x": 0.1}, distributions=dist),
+              done(1, system_attrs={"failed_trial": 1}), create_trial(state=TrialState.FAIL, user_attrs={"void": True}),
+              done(3), create_trial(state=TrialState.FAIL, params={"x": 0.5}, distributions=dist)]  # failed, not re-queued
+    for i, t in enumerate(trials):
+        t.number = i
+    assert [sampling_index(trials, n) for n in range(7)] == [0, 1, 1, 2, 2, 3, 4]

@@ -18,6 +18,13 @@ trial (phase ``tpe`` / ``coverage`` / ``random``, coverage before, bins gained) 
 the objective of the same process to record; it is not needed to resume, because coverage is
 recomputed from the storage.
 
+Resume: every draw is a function of (seed, the trial's sampling index, the stored trials), never
+of this object's past draws. Before each proposal the per-trial generator is
+``default_rng([seed, index])`` and TPE's private RNG is reseeded from ``derived_seed(seed, index, 1)``
+(:func:`reseed_for_trial`); :func:`sampling_index` discounts trials that were failed and re-queued,
+so a study SIGKILLed mid-trial and resumed samples what the uninterrupted one did (single worker).
+``worker_index`` no longer seeds anything: trials, hence indices, differ between workers.
+
 The extra TPE candidates come from ``TPESampler._sample_relative`` (private): the public
 ``sample_relative`` also writes the proposal into the trial's system attributes for the constant
 liar, once per call, which would advertise a candidate we did not pick. The chosen parameters are
@@ -58,6 +65,59 @@ class Decision:
 def derived_seed(seed: int, *salt: int) -> int:
     """A 32-bit seed from ``seed`` and ``salt`` (e.g. the worker index), stable across runs."""
     return int(np.random.SeedSequence([seed, *salt]).generate_state(1)[0])
+
+
+_BASE_SALT = 1  # the base sampler's per-trial seed is derived_seed(seed, index, _BASE_SALT)
+
+
+def replaced(trial: FrozenTrial, retried: set[int]) -> bool:
+    """A trial that another one replaces: failed and re-queued (a dead worker's trial, whose retry
+    names it in ``failed_trial``) or given back unrun (``void``). It took a trial number but no
+    sampling slot: its retry runs its parameters."""
+    return trial.number in retried or bool(trial.user_attrs.get("void"))
+
+
+def sampling_index(trials: Sequence[FrozenTrial], number: int) -> int:
+    """The position of trial ``number`` in the study's sampling order: its number less the trials
+    before it that were replaced (:func:`replaced`). An interrupted and resumed study gives each
+    sampled trial the index it has in the uninterrupted one, though the re-queued trial shifts
+    every later trial number by one."""
+    retried = {t.system_attrs["failed_trial"] for t in trials if t.system_attrs.get("failed_trial") is not None}
+    return number - sum(1 for t in trials if t.number < number and replaced(t, retried))
+
+
+def reseed_for_trial(sampler: BaseSampler, seed: int) -> None:
+    """Reseed an Optuna sampler's private RNGs (``TPESampler`` and its start-up ``RandomSampler``,
+    or a ``RandomSampler``) so its next draws depend on ``seed`` alone, not on how many draws this
+    sampler object made before (a resumed process starts with a fresh one)."""
+    for s in (sampler, getattr(sampler, "_random_sampler", None)):
+        lazy = getattr(s, "_rng", None)
+        if lazy is not None and hasattr(lazy, "rng"):
+            lazy._rng = np.random.RandomState(seed)
+
+
+class _PerTrialSeed:
+    """Mixin for the plain Optuna samplers (``hpo.sampler: tpe | random``): reseeded before each trial
+    from the study seed and the trial's sampling index, like ``CoverageSampler``."""
+
+    study_seed: int
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        index = sampling_index(study.get_trials(deepcopy=False), trial.number)
+        reseed_for_trial(self, derived_seed(self.study_seed, index, _BASE_SALT))  # type: ignore[arg-type]
+        super().before_trial(study, trial)  # type: ignore[misc]
+
+
+class SeededTPESampler(_PerTrialSeed, TPESampler):
+    def __init__(self, seed: int, **kwargs: Any) -> None:
+        super().__init__(seed=seed, **kwargs)
+        self.study_seed = seed
+
+
+class SeededRandomSampler(_PerTrialSeed, optuna.samplers.RandomSampler):
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed=seed)
+        self.study_seed = seed
 
 
 class CoverageSampler(BaseSampler):
@@ -138,8 +198,13 @@ class CoverageSampler(BaseSampler):
 
     def _choose(self, study: optuna.Study, trial: FrozenTrial, space: dict[str, BaseDistribution]
                 ) -> tuple[dict[str, Any], Decision]:
-        rng = np.random.default_rng([self.seed, trial.number])  # per trial: the same in every worker
-        others = [t for t in study.get_trials(deepcopy=False, states=TAKEN_STATES) if t.number != trial.number]
+        # Every draw is a function of (seed, sampling index, stored history), never of this object's
+        # past draws or of the trial number, so a resumed study samples what the uninterrupted one did.
+        trials = study.get_trials(deepcopy=False)
+        index = sampling_index(trials, trial.number)
+        rng = np.random.default_rng([self.seed, index])
+        reseed_for_trial(self._base, derived_seed(self.seed, index, _BASE_SALT))
+        others = [t for t in trials if t.state in TAKEN_STATES and t.number != trial.number]
         taken = {self.space.key(t.params) for t in others}
         coverage = self.tracker.coverage(t.params for t in others)
         steering = self.steer and coverage.overall < self.target

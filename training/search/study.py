@@ -35,7 +35,7 @@ from training.dataset import TierData
 from training.search import storage as storage_module
 from training.search.forced import enqueue_forced
 from training.search.liveness import StaleTrialHandler
-from training.search.sampler import CoverageSampler, derived_seed
+from training.search.sampler import CoverageSampler, SeededRandomSampler, SeededTPESampler
 from training.search.spec import SPEC_ATTR, Engine, StudySpec, build_engine
 from training.search.storage import make_storage
 from training.search.tracking import PARENT_ATTR, RUN_ATTR, TRIAL_TAG, StudyTracking, best_metrics
@@ -53,9 +53,9 @@ def base_tags(spec: StudySpec, study_name: str) -> dict[str, str]:
 def _sampler(engine: Engine, worker_index: int) -> optuna.samplers.BaseSampler:
     spec = engine.spec
     if spec.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=derived_seed(spec.seed, worker_index))
+        return SeededRandomSampler(seed=spec.seed)  # reseeded per trial (see sampler.sampling_index)
     if spec.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=derived_seed(spec.seed, worker_index))
+        return SeededTPESampler(seed=spec.seed)
     return CoverageSampler(engine.space, engine.tracker, seed=spec.seed, target=spec.coverage.target,
                            candidates=spec.coverage.candidates, feasibility=engine.feasibility,
                            worker_index=worker_index)

@@ -67,7 +67,7 @@ _THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 @dataclass(frozen=True)
 class WorkerPlan:
-    index: int  # global worker index (seeds the worker's TPE; unique across machines with index_offset)
+    index: int  # global worker index (unique across machines with index_offset; sampling is seeded per trial)
     threads: int  # torch intra-op threads
     cpus: tuple[int, ...] | None  # CPU affinity, or None to leave it to the OS
 
