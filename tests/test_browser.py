@@ -42,14 +42,19 @@ if not CHROMIUM.exists():
         raise RuntimeError(f"CI is set but {CHROMIUM} is missing: .ci/run installs Debian's chromium package")
     pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium); the browser tests need it",
                 allow_module_level=True)
-from playwright.sync_api import Page, sync_playwright  # noqa: E402  (after the Chromium check)
+from playwright.sync_api import Locator, Page, sync_playwright  # noqa: E402  (after the Chromium check)
 
 
-def screenshot(page: Page, name: str) -> Path:
+def screenshot(page: Page, name: str, element: Locator | None = None) -> Path:
+    """The page (or one element of it) as ``$TIERHPO_SCREENSHOTS/<name>.png``."""
     directory = Path(os.environ.get("TIERHPO_SCREENSHOTS") or REPO / "test-artifacts" / "screenshots")
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
+    if element is None:
+        page.screenshot(path=str(path), full_page=True)
+    else:
+        element.scroll_into_view_if_needed()
+        element.screenshot(path=str(path))
     return path
 
 
@@ -152,7 +157,9 @@ def dashboard(study):
 
 
 @pytest.fixture(scope="module")
-def browser():
+def browser(mlflow_ui, dashboard):
+    """Started after the servers, so closed before them: a server stops at once, with no
+    browser connection left open to wait for."""
     with sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
         yield chromium
@@ -209,6 +216,7 @@ def test_trial_page_charts_val_auc_one_point_per_epoch(study, mlflow_ui, page):
     assert marked[0]["y"] == pytest.approx([m.value for m in history])
     assert plot.locator(".scatterlayer .trace .points path").count() == len(history)
     screenshot(page, "mlflow-trial-val-auc")
+    screenshot(page, "mlflow-trial-val-auc-chart", card)
 
 
 def test_registry_lists_the_model_and_its_page_shows_the_alias(study, mlflow_ui, page):
