@@ -66,7 +66,7 @@ def finished(tmp_path_factory, store_templates):  # noqa: F811
             "outputs": outputs, "study": study, "handle": handle}
 
 
-def test_study_names_its_objective_and_the_experiment_opens_on_runs(finished):
+def test_study_names_its_objective_and_the_experiment_is_of_the_ml_kind(finished):
     assert finished["study"].metric_names == ["val/auc"]
     exp = finished["client"].get_experiment(finished["result"].experiment_id)
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"

@@ -20,8 +20,9 @@ Metric layout (one key, one meaning, so no chart mixes two things under one name
   the parent run carries the study's coverage table (``coverage.json`` and ``coverage.md``);
 * ``n_params`` is a param.
 
-Experiments are tagged ``mlflow.experimentKind=custom_model_development`` so the MLflow 3 UI opens them
-on their runs (the ML view), not on the GenAI traces view.
+Experiments are tagged ``mlflow.experimentKind=custom_model_development`` (the ML kind, shown as such in
+the experiment list). MLflow 3.17's UI still opens an experiment on its GenAI overview unless the URL
+carries ``?workflowType=machine_learning`` (tests/test_browser.py): the README gives that link.
 
 Per-epoch step metrics are buffered and flushed at most every ``log_every_s`` seconds (and at the
 end of the trial): one ``log_batch`` per flush keeps the tracking overhead small for short epochs.
