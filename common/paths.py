@@ -118,6 +118,11 @@ def cross_budget_dir(tier: str, horizon: int) -> Path:
     return results_dir() / "cross_budget" / tier / f"h{horizon}"
 
 
+def cross_tier_dir(budget: str, horizon: int) -> Path:
+    """Cross-tier outputs of one budget: matrix.json, metrics.json, heatmap.png, hparams.md."""
+    return results_dir() / "cross_tier" / budget / f"h{horizon}"
+
+
 def promote_dir(tier: str, horizon: int) -> Path:
     """Promotion outputs: one sub-folder per budget (summary.json, predictions.parquet, reliability.png)."""
     return results_dir() / "promote" / tier / f"h{horizon}"

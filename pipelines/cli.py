@@ -25,6 +25,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "baselines": ("pipelines.baselines", "Logistic regression and gradient boosting on a tier and horizon."),
     "hpo": ("pipelines.hpo", "Two-phase Optuna search for one (tier, budget, horizon) study."),
     "cross-budget": ("pipelines.cross_budget", "Retrain each budget's best hyperparameters at every other budget."),
+    "cross-tier": ("pipelines.cross_tier", "Retrain each tier's best hyperparameters on every other tier (same budget)."),
     "promote": ("pipelines.promote", "Calibrate, test once and register the best model of each budget."),
     "select": ("pipelines.select", "Compare the grid's cells, name the best, gate the champion (aliases)."),
     "report": ("pipelines.report", "Write one report for the grid: reports/summary.md leads with its answer."),

@@ -101,6 +101,7 @@ TINY_PROFILE: dict[str, dict] = {
     "hpo": {"tiers": ["a20", "a50"], "budgets": ["20K", "40K"], "horizons": [1], "trials": 3, "forced": 2,
             "threads": 2, "refit_seeds": 2},
     "cross_budget": {"seeds": 2},
+    "cross_tier": {"seeds": 2},
     "report": {"tiers": [], "bootstrap_reps": 300},
     "select": {"bootstrap_reps": 200, "mcs_reps": 100, "spa_reps": 100},
 }

@@ -1,6 +1,6 @@
 """A finished tiny grid (tiers x budgets, horizon 1) in the documented results/ layout, for the
 report tests: each study as its HPO stage's declared outputs (best.json + study.json, or only
-trials.csv as before study.json existed), promote / baselines / cross-budget files, and the select
+trials.csv as before study.json existed), promote / baselines / cross-budget / cross-tier files, and the select
 stage's verdicts.json. No Optuna store and no MLflow run is written."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from scipy import stats as st
 from common import paths
 from evaluation import plots
 from training.search.results import trial_rows
-from training.selection_record import (BaselineCell, Cell, Gate, Interval, SelectionRecord, Verdict, VsBaseline)
+from training.selection_record import BaselineCell, Cell, Gate, Interval, SelectionRecord, Verdict, VsBaseline
 
 H = 1
 TIERS = ("a20", "a50")
@@ -150,6 +150,30 @@ def build_tier(tier: str, test_aucs: dict[str, float], rng: np.random.Generator,
     plots.heatmap([[np.nan if v is None else v for v in row] for row in mean], names, names, cross / "heatmap.png")
 
 
+def build_cross_tier(budget: str) -> None:
+    """``results/cross_tier/<budget>/h1/matrix.json`` as the cross-tier stage writes it: a20's
+    hyperparameters transfer to a50; a50's 200K structure is infeasible on a20."""
+    cells, tiers = [], list(TIERS)
+    for s in tiers:
+        for t in tiers:
+            feasible = not (budget == "200K" and (s, t) == ("a50", "a20"))
+            mean = (0.62 if s == t else 0.615 if s == "a20" else 0.58) if feasible else None
+            cells.append({"source": s, "target": t, "feasible": feasible, "mean": mean,
+                          "std": 0.004 if feasible else None, "n": 3 if feasible else 0,
+                          "verdict": ("diagonal" if s == t else "within noise" if s == "a20" else "worse")
+                          if feasible else "infeasible",
+                          **({} if feasible else {"reason": "no d_model puts n_layers=4 with 20 input features "
+                                                            "within 10% of 200K"})})
+    transfer = {"a20": {"transfers": True, "summary": "transfers (within noise at ['a50'], better at -)"},
+                "a50": {"transfers": None if budget == "200K" else False, "summary": "..."}}
+    out = paths.cross_tier_dir(budget, H)
+    out.mkdir(parents=True)
+    (out / "matrix.json").write_text(json.dumps({
+        "budget": budget, "horizon": H, "metric": "val/auc", "tiers": tiers, "n_seeds": 3, "alpha": 0.05,
+        "studies": {t: {"study_name": f"{t}-{budget}-h{H}-0123abcd", "trial_number": 0} for t in tiers},
+        "cells": cells, "transfer": transfer}))
+
+
 def selection_record(*, gate_passed: bool = False) -> SelectionRecord:
     """verdicts.json as the select stage writes it: a50/200K best, beats vol, not logreg/hgb."""
     cells = []
@@ -188,6 +212,8 @@ def build_grid(*, seed: int = 0, with_select: bool = True) -> SelectionRecord:
     y = (rng.random(N_TEST) < 0.45).astype(int)
     for tier in TIERS:
         build_tier(tier, TEST_AUCS, rng, with_study_json=tier == "a50", y=y, dates=dates)
+    for budget in BUDGETS:
+        build_cross_tier(budget)
     rec = selection_record()
     if with_select:
         rec.write(paths.results_dir() / "select" / f"h{H}")

@@ -244,3 +244,29 @@ def test_config_is_validated():
         ReportParams(alpha=0.7)
     with pytest.raises(TierHpoError, match="report.block_length"):
         ReportParams(block_length=0)
+
+
+def test_cross_tier_matrix_per_budget_in_the_grid_part(project, monkeypatch, capsys):
+    run_cli("--no-mlflow")
+    md = (project / "reports" / "summary.md").read_text()
+    grid_part = md.split("## The grid")[1].split("## Tier a20")[0]
+    assert "### Horizon 1: do a tier's hyperparameters transfer to the other tiers?" in grid_part
+    assert "| source \\ target | a20 | a50 | transfers? |" in grid_part
+    assert "| a20 | 0.620 ± 0.004 (own) | 0.615 ± 0.004 (within noise) | yes |" in grid_part
+    assert "| a50 | 0.580 ± 0.004 (worse) | 0.620 ± 0.004 (own) | no |" in grid_part
+    assert "| a50 | infeasible: no d_model puts n_layers=4 with 20 input features within 10% of 200K |" in grid_part
+    assert grid_part.index("Budget 2K") < grid_part.index("Budget 20K") < grid_part.index("Budget 200K")
+    # a missing matrix: one-line error naming the command, or "Not available" under --partial
+    (paths.cross_tier_dir("20K", H) / "matrix.json").unlink()
+    err = cli_error(monkeypatch, capsys, "--no-mlflow")
+    assert "no cross-tier matrix for 20K h1" in err and "tierhpo cross-tier --budget 20K --horizon 1" in err
+    run_cli("--no-mlflow", "--partial")
+    md = (project / "reports" / "summary.md").read_text()
+    assert "Budget 20K: **Not available**: no cross-tier matrix for 20K h1" in md
+    assert "run `tierhpo cross-tier --budget 20K --horizon 1`" in md and "Budget 200K (3 seeds" in md
+    # a matrix from other studies is refused
+    path = paths.cross_tier_dir("2K", H) / "matrix.json"
+    raw = json.loads(path.read_text())
+    raw["studies"]["a50"]["study_name"] = "old"
+    path.write_text(json.dumps(raw))
+    assert "computed from study 'old'" in cli_error(monkeypatch, capsys, "--no-mlflow", "--partial")

@@ -113,3 +113,28 @@ def mlflow_metrics(head: dict[str, Any]) -> dict[str, float]:
                 split = {"best_test_auc": "test/auc_best", "best_val_auc": "val/auc_best"}.get(key, f"select/{key}")
                 out[f"{split}_{h}"] = float(value)
     return out
+
+
+def transfer_table(matrix: dict[str, Any]) -> dict[str, Any]:
+    """The cross-tier matrix of one budget as rows (source tier) x columns (target tier): mean val
+    AUC ± sd over the fresh seeds with the verdict against the target's diagonal, or why not."""
+    tiers = list(matrix["tiers"])
+    by = {(c["source"], c["target"]): c for c in matrix["cells"]}
+    rows = []
+    for s in tiers:
+        texts = []
+        for t in tiers:
+            c = by.get((s, t))
+            if c is None:
+                texts.append("n/a")
+            elif c["verdict"] == "infeasible":
+                texts.append(f"infeasible: {c.get('reason') or 'no width within the budget tolerance'}")
+            elif c["verdict"] == "failed" or c.get("mean") is None:
+                texts.append("failed")
+            else:
+                verdict = "own" if c["verdict"] == "diagonal" else c["verdict"]
+                texts.append(f"{c['mean']:.3f} ± {c.get('std') or 0.0:.3f} ({verdict})")
+        flag = (matrix["transfer"].get(s) or {}).get("transfers")
+        rows.append([s, *texts, "inconclusive" if flag is None else "yes" if flag else "no"])
+    return {"budget": matrix.get("budget"), "tiers": tiers, "rows": rows, "n_seeds": matrix.get("n_seeds"),
+            "alpha": matrix.get("alpha")}

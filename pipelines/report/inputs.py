@@ -3,7 +3,8 @@
 Per (tier, horizon): each study's ``best.json`` and ``study.json`` (else ``trials.csv``), read by
 ``study_record`` into an in-memory study; ``promote`` (``<budget>/summary.json``,
 ``predictions.parquet``), ``cross-budget`` (``matrix.json``) and ``baselines`` (``metrics.json``,
-``predictions.parquet``). Per horizon: the select stage's ``verdicts.json``.
+``predictions.parquet``). Per horizon: the select stage's ``verdicts.json``; per (budget, horizon)
+with at least two tiers: the cross-tier stage's ``matrix.json``.
 
 Missing inputs: HPO results are required (no study, no report). The downstream stages are
 required too by default, because a report silently missing its verdicts is worse than no
@@ -193,6 +194,29 @@ def check_cross_budget_fresh(raw: dict[str, Any], studies: list[Study], tier: st
             raise TierHpoError(f"the cross-budget matrix of {tier} h{horizon} was computed from study '{name}', "
                                f"not the current '{s.best['study_name']}'; rerun `tierhpo cross-budget --tier {tier} "
                                f"--horizon {horizon}`")
+
+
+def load_cross_tier(budget: str, horizon: int, studies: dict[str, Study], partial: bool) -> dict[str, Any] | Missing:
+    """``results/cross_tier/<budget>/h<h>/matrix.json`` (``studies``: tier -> its current study at
+    ``budget``), refused when computed from other studies; Missing under --partial, else an error."""
+    path = paths.cross_tier_dir(budget, horizon) / "matrix.json"
+    command = f"tierhpo cross-tier --budget {budget} --horizon {horizon}"
+    if not path.is_file():
+        missing = Missing(f"no cross-tier matrix for {budget} h{horizon} at {path}", command)
+        if not partial:
+            raise TierHpoError(missing.line() + " (or pass --partial to report what exists)")
+        return missing
+    raw = read_json(path)
+    for key in ("tiers", "cells", "transfer"):
+        if key not in raw:
+            raise TierHpoError(f"{path} lacks '{key}'; rerun `{command}`")
+    recorded = raw.get("studies") or {}
+    for tier, s in studies.items():
+        name = (recorded.get(tier) or {}).get("study_name")
+        if name is not None and name != s.best["study_name"]:
+            raise TierHpoError(f"the cross-tier matrix of {budget} h{horizon} was computed from study '{name}', "
+                               f"not the current '{s.best['study_name']}' of {tier}; rerun `{command}`")
+    return raw
 
 
 def load_selection(horizon: int, partial: bool) -> SelectionRecord | Missing:

@@ -41,6 +41,23 @@ def load_all(tiers: list[str], cfg: ReportParams) -> tuple[dict[str, list[Horizo
     return loaded, selections
 
 
+def load_cross_tiers(loaded: dict[str, list[HorizonInputs]], horizons: list[int],
+                     partial: bool) -> dict[int, dict[str, Any]]:
+    """horizon -> budget -> cross-tier matrix (or Missing), for each budget studied on two tiers or more."""
+    out: dict[int, dict[str, Any]] = {}
+    for h in horizons:
+        by_budget: dict[str, dict[str, Any]] = {}
+        for tier, his in loaded.items():
+            for hi in his:
+                if hi.horizon == h:
+                    for s in hi.studies:
+                        by_budget.setdefault(s.budget, {})[tier] = s
+        out[h] = {b: inputs.load_cross_tier(b, h, studies, partial)
+                  for b, studies in sorted(by_budget.items(), key=lambda kv: budget_order(kv[0]))
+                  if len(studies) >= 2}
+    return out
+
+
 def check_selection(rec: SelectionRecord, loaded: dict[str, list[HorizonInputs]]) -> None:
     """The record must describe the studies on disk (else the select stage is stale)."""
     have = {(t, s.budget) for t, his in loaded.items() for hi in his if hi.horizon == rec.horizon for s in hi.studies}
@@ -61,14 +78,18 @@ def build(loaded: dict[str, list[HorizonInputs]], selections: dict[int, Any], cf
     symbol = next((s.best.get("symbol") for his in loaded.values() for hi in his for s in hi.studies
                    if s.best.get("symbol")), "")
     grid_part = []
+    cross_tiers = load_cross_tiers(loaded, list(selections), cfg.partial)
     for h, rec in selections.items():
+        transfer = [{"budget": b, "available": False, "reason": m.line()} if isinstance(m, Missing)
+                    else {"budget": b, "available": True, **grid.transfer_table(m)}
+                    for b, m in cross_tiers.get(h, {}).items()]
         if isinstance(rec, Missing):
-            grid_part.append({"horizon": h, "available": False, "reason": rec.line()})
+            grid_part.append({"horizon": h, "available": False, "reason": rec.line(), "cross_tier": transfer})
             continue
         table = grid.table(rec)
         figures.grid_heatmap(table, h, out)
         grid_part.append({"horizon": h, "available": True, "answer": grid.answer(rec), "table": table,
-                          "heatmap": figures.grid_heatmap_name(h)})
+                          "heatmap": figures.grid_heatmap_name(h), "cross_tier": transfer})
     symbol = next((r.symbol for r in selections.values() if isinstance(r, SelectionRecord)), symbol)
     tier_reports = []
     for i, tier in enumerate(tiers):

@@ -1,0 +1,211 @@
+"""Hyperparameter transfer between cells of the grid: the pure parts shared by the transfer stages.
+
+``tierhpo cross-budget`` (one tier: each budget's best hyperparameters at every other budget) and
+``tierhpo cross-tier`` (one budget: each tier's best hyperparameters on every other tier) both
+build a matrix of :class:`Cell` s (source = whose hyperparameters, target = where they are
+trained), train every feasible cell with fresh seeds in one batch (:func:`train_cells`) and judge
+each off-diagonal cell against the target's diagonal by Welch's t-test (:func:`summarise`).
+No stage imports another: both import from here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from common import config, paths, store_init
+from training.study_record import METRIC, Study
+
+
+def solver_rules() -> dict[str, Any]:
+    """The budget solver's tolerance and minimum head width, from the ``model`` section (as the HPO used them)."""
+    from training.budget import ModelParams
+
+    params = config.load_params()
+    model = config.build(ModelParams, params["model"], where="model") if params.get("model") else ModelParams()
+    return {"tolerance": model.budget_tolerance, "min_head_dim": model.min_head_dim}
+
+
+@dataclass
+class Cell:
+    source: str  # whose hyperparameters (a budget or a tier)
+    target: str  # where they are trained (a budget or a tier)
+    model_config: Any | None  # training.model.ModelConfig, None = infeasible
+    n_params: int | None
+    seeds: list[int]  # fresh seeds, never the source study's own
+    est_seconds_per_run: float | None = None
+    val_auc: dict[int, float] = field(default_factory=dict)  # seed -> val/auc (filled by training)
+    reason: str | None = None  # why an infeasible cell is infeasible
+
+    @property
+    def feasible(self) -> bool:
+        return self.model_config is not None
+
+    @property
+    def to_train(self) -> list[int]:
+        return list(self.seeds) if self.feasible else []
+
+
+def fresh_seeds(study_seed: int, n: int) -> list[int]:
+    """``n`` distinct seeds derived from ``study_seed`` (numpy ``SeedSequence``), none equal to it:
+    the study's own seed won the search, so its result is biased upwards (winner's curse)."""
+    seeds: list[int] = []
+    state = np.random.SeedSequence([study_seed, 0xC805]).generate_state(2 * n + 1, dtype=np.uint32)
+    for value in (int(v) & 0x7FFFFFFF for v in state):
+        if value != study_seed and value not in seeds and len(seeds) < n:
+            seeds.append(value)
+    return seeds
+
+
+def architecture_of(study: Study):
+    """The searched structure of the study's best model (what is kept when the budget or tier changes)."""
+    from training.budget import Architecture
+
+    return Architecture.of(study.model_config(), study.best["params"].get("d_ff_ratio"))
+
+
+def recorded_trial_seconds(study: Study) -> float | None:
+    """Median wall time of the study's COMPLETE trials (``trials.csv``, else its finished MLflow child runs)."""
+    trials = study.directory / "trials.csv"
+    if trials.is_file():
+        frame = pd.read_csv(trials)
+        done = frame[frame["state"] == "COMPLETE"] if "state" in frame.columns else frame
+        if "seconds" in done.columns:
+            seconds = pd.to_numeric(done["seconds"], errors="coerce").dropna()
+            if len(seconds):
+                return float(seconds.median())
+    return _mlflow_trial_seconds(study)
+
+
+def _mlflow_trial_seconds(study: Study) -> float | None:
+    parent = study.best.get("parent_run_id")
+    if not parent:
+        return None
+    try:
+        runs = store_init.mlflow_client(paths.mlflow_tracking_uri()).search_runs(
+            [str(study.best["experiment_id"])],
+            filter_string=f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'FINISHED'",
+            max_results=1000,
+        )
+    except Exception:  # an estimate only: an unreachable store must not break a dry run
+        return None
+    seconds = [(r.info.end_time - r.info.start_time) / 1000 for r in runs if r.info.end_time and r.info.start_time]
+    return float(statistics.median(seconds)) if seconds else None
+
+
+def train_cells(cells: list[Cell], studies: dict[str, Study], data: Any, on_run: Any = None) -> None:
+    """Train every feasible cell's seeds, one batch per cell (``train_batch``: the same structure,
+    one member per seed), and fill ``cell.val_auc``; ``on_run(cell, seed, result)``.
+
+    ``data``: one dataset for every cell (cross-budget), or a mapping target -> dataset (cross-tier)."""
+    from training.batched import train_batch
+
+    for cell in cells:
+        cell.val_auc = {}
+        if not cell.to_train:
+            continue
+        base = dataclasses.replace(studies[cell.source].train_config(), progress=False)
+        configs = [dataclasses.replace(base, seed=seed) for seed in cell.to_train]
+        cell_data = data[cell.target] if isinstance(data, Mapping) else data
+        results = train_batch([cell.model_config] * len(configs), configs, cell_data)
+        for seed, result in zip(cell.to_train, results, strict=True):
+            if on_run is not None:
+                on_run(cell, seed, result)
+            auc = result.val_metrics.get(METRIC, math.nan) if result.ok else math.nan
+            cell.val_auc[seed] = float(auc)
+
+
+def welch_p(cell: list[float], diagonal: list[float]) -> float | None:
+    """Two-sided p-value of Welch's t-test of a cell's seed AUCs against the diagonal's; None with
+    fewer than two values on either side; 1 or 0 when neither side has any spread."""
+    from scipy import stats as st
+
+    if len(cell) < 2 or len(diagonal) < 2:
+        return None
+    if np.ptp(cell) == 0 and np.ptp(diagonal) == 0:  # scipy would divide float noise by zero
+        return 1.0 if cell[0] == diagonal[0] else 0.0
+    p = float(st.ttest_ind(cell, diagonal, equal_var=False).pvalue)
+    return p if math.isfinite(p) else None
+
+
+def cell_verdict(gap: float, p: float | None, alpha: float) -> str:
+    """``within noise`` when ``p`` is None or ``p >= alpha``; else ``worse`` / ``better`` by the sign of ``gap``."""
+    return "within noise" if p is None or p >= alpha else "worse" if gap < 0 else "better"
+
+
+def summarise(cells: list[Cell], keys: list[str], cfg: Any) -> dict[str, Any]:
+    """Mean/std matrices, per-cell verdicts against the diagonal (Welch at ``cfg.alpha``) and a
+    transfer verdict per source: it transfers when none of its feasible cells is worse."""
+    by = {(c.source, c.target): c for c in cells}
+    stats, finite = {}, {}
+    for key, c in by.items():
+        values = [v for v in c.val_auc.values() if math.isfinite(v)]
+        finite[key] = values
+        stats[key] = {
+            "mean": float(np.mean(values)) if values else None,
+            "std": float(np.std(values, ddof=1)) if len(values) > 1 else (0.0 if values else None),
+            "n": len(values),
+        }
+    out_cells, verdicts = [], {}
+    for s in keys:
+        worse, better, within, infeasible, failed = [], [], [], [], []
+        for t in keys:
+            c, st, diag = by[(s, t)], stats[(s, t)], stats[(t, t)]
+            entry = {
+                "source": s, "target": t, "feasible": c.feasible, "n_params": c.n_params,
+                "model_config": dataclasses.asdict(c.model_config) if c.feasible else None,
+                "seeds": c.seeds if c.feasible else [],
+                "val_auc": {str(k): v for k, v in sorted(c.val_auc.items())}, **st,
+            }
+            if not c.feasible:
+                entry["verdict"] = "infeasible"
+                if c.reason:
+                    entry["reason"] = c.reason
+                if s != t:
+                    infeasible.append(t)
+            elif st["mean"] is None or diag["mean"] is None:
+                entry["verdict"] = "failed"
+                failed.append(t)
+            elif s == t:
+                entry["verdict"] = "diagonal"
+            else:
+                gap = st["mean"] - diag["mean"]
+                p = welch_p(finite[(s, t)], finite[(t, t)])
+                entry.update(gap=gap, p_value=p, alpha=cfg.alpha)
+                entry["verdict"] = cell_verdict(gap, p, cfg.alpha)
+                {"worse": worse, "better": better, "within noise": within}[entry["verdict"]].append(t)
+            out_cells.append(entry)
+        compared = worse + better + within
+        transfers = None if not compared else not worse
+        text = ("inconclusive: no feasible off-diagonal cell" if transfers is None
+                else f"transfers (within noise at {within or '-'}, better at {better or '-'})" if transfers
+                else f"does not transfer: significantly worse at {worse}")
+        if infeasible:
+            text += f"; infeasible at {infeasible}"
+        if failed:
+            text += f"; failed at {failed}"
+        verdicts[s] = {"transfers": transfers, "summary": text, "worse": worse, "better": better,
+                       "within_noise": within, "infeasible": infeasible, "failed": failed}
+    matrix = {k: [[stats[(s, t)][k] for t in keys] for s in keys] for k in ("mean", "std", "n")}
+    return {"cells": out_cells, "transfer": verdicts, **matrix}
+
+
+def hparams_table(studies: dict[str, Study]) -> pd.DataFrame:
+    """The best hyperparameters side by side: one row per hyperparameter, one column per source (budget or tier)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for key, study in studies.items():
+        cfg = study.model_config()
+        values = {**study.best["params"], "d_model (solved)": cfg.d_model, "d_ff (solved)": cfg.d_ff,
+                  "n_params": study.best["n_params"], METRIC: study.val_auc, "trial": study.best["trial_number"]}
+        for name, value in values.items():
+            rows.setdefault(name, {})[key] = value
+    table = pd.DataFrame.from_dict(rows, orient="index")[list(studies)]
+    table.index.name = "hyperparameter"
+    return table
