@@ -53,6 +53,10 @@ def create_stage_run(client: Any, experiment_id: str, stage: str, run_name: str,
     all_tags = {"stage": stage, **provenance.run_tags(), **(tags or {})}
     if outer:
         all_tags[PARENT_TAG] = outer
+        # The outer run is now this run's parent. Left in the environment, MLflow's fluent API would
+        # resolve every later `start_run(nested=True)` of this process to the outer run itself (its
+        # params then clash across tiers); a stage is one process, so it is dropped here.
+        os.environ.pop("MLFLOW_RUN_ID", None)
     return client.create_run(outer_experiment or str(experiment_id), run_name=run_name, tags=all_tags)
 
 

@@ -100,6 +100,9 @@ def test_mlflow_run_runs_the_grid_with_nested_runs_and_one_candidate(tiny):
     runs = client.search_runs(experiments)
     outer = [r for r in runs if r.data.tags.get("mlflow.project.entryPoint") == "main"]
     assert len(outer) == 1 and outer[0].info.status == "FINISHED"
+    assert not any(k.startswith("model.") for k in outer[0].data.params), "a stage's nested runs logged into the outer run"
+    cells = [r for r in runs if "source_budget" in r.data.tags]
+    assert cells and all(r.data.tags["mlflow.parentRunId"] != outer[0].info.run_id for r in cells)
     parents = [r for r in runs if "study_name" in r.data.tags and "trial_number" not in r.data.tags]
     assert {(r.data.tags["tier"], r.data.tags["budget"]) for r in parents} == {
         (t, b) for t in ("a20", "a50") for b in ("20K", "40K")}
