@@ -10,6 +10,9 @@ Per budget, from the study's ``best.json`` and ``model.pt``:
    before and after calibration, and a 95 % AUC interval from ``evaluation.stats.auc_interval``
    (stationary block bootstrap over test days by default: labels of neighbouring days overlap,
    so an iid interval such as DeLong's would be too narrow).
+   The model is the study's *seed ensemble* (``refit.pt``: the best configuration retrained with
+   fresh seeds, their mean logit), the same seeds ``tierhpo select`` judges; a study without a
+   refit falls back to its best trial's ``model.pt``. Each member must reproduce its recorded val/auc.
 4. Registration as a new version of the cell's model ``tierhpo-{SYMBOL}-{tier}-h{horizon}-{budget}``
    (a pyfunc from ``training/serving.py``), with a short set of version tags (symbol, cell,
    study, provenance, calibrator, headline metrics); the baseline comparison is written into the
@@ -124,28 +127,32 @@ def evaluate(study: Study, data: Any, cfg: PromoteConfig, rules: dict[str, Any])
     """Validation checks, calibrator choice, then the one and only test evaluation."""
     from scipy.special import expit
 
+    from evaluation.auc import rank_auc
     from evaluation.calibration import choose_calibrator
     from evaluation.metrics import classification_metrics, degeneracy
     from evaluation.stats import auc_interval
     from training.trainer import predict_logits
 
-    model_cfg, state = study.model_config(), study.state_dict()
+    model_cfg, members = study.model_config(), study.members()
     base_rate = data.base_rate
-    val_logits = predict_logits(model_cfg, state, data, "val")
     y_val = data.labels_of("val")
+    member_val = []
+    for state, recorded in members:
+        logits = predict_logits(model_cfg, state, data, "val")
+        got = float(rank_auc(y_val, logits))
+        if recorded is not None and abs(got - recorded) > cfg.val_auc_tolerance:
+            raise TierHpoError(
+                f"{study.budget}: {study.weights_path.name} gives val/auc {got:.4f} but the study recorded "
+                f"{recorded:.4f}; the tier data changed since the study, rerun: tierhpo hpo --tier {study.tier} "
+                f"--budget {study.budget} --horizon {study.horizon}")
+        member_val.append(logits)
+    val_logits = np.mean(member_val, axis=0)  # the seed ensemble: mean logit (training/serving.py)
     val = classification_metrics(y_val, expit(val_logits), "val", base_rate, rules["ece_bins"])
-    recorded = study.val_auc
-    if abs(val["val/auc"] - recorded) > cfg.val_auc_tolerance:
-        raise TierHpoError(
-            f"{study.budget}: model.pt gives val/auc {val['val/auc']:.4f} but the study recorded {recorded:.4f}; "
-            f"the tier data changed since the study, rerun: tierhpo hpo --tier {study.tier} --budget {study.budget} "
-            f"--horizon {study.horizon}"
-        )
     degenerate = degeneracy(val, "val", rules["pred_std_min"], rules["skill_min"])
     choice = choose_calibrator(val_logits, y_val, cfg.calibration)
 
     # ---- the test split, once: nothing below feeds back into a choice
-    test_logits = predict_logits(model_cfg, state, data, "test")
+    test_logits = np.mean([predict_logits(model_cfg, state, data, "test") for state, _ in members], axis=0)
     y_test = data.labels_of("test")
     p_raw, p_cal = expit(test_logits), choice.calibrator.apply(test_logits)
     test_raw = classification_metrics(y_test, p_raw, "test", base_rate, rules["ece_bins"])

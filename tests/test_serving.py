@@ -92,6 +92,22 @@ def test_numpy_windows_give_the_same_answer(tiny_model, saved_model):
     np.testing.assert_allclose(model.predict(None, windows)["probability"], expected(spec, net, windows), rtol=1e-5)
 
 
+def test_a_seed_ensemble_serves_the_calibrated_mean_logit(tiny_model, saved_model, tmp_path):
+    """refit.pt ({"seed_<s>": state_dict}) is served as one model: the members' logits averaged, then calibrated."""
+    spec, _, net = tiny_model
+    torch.manual_seed(1)
+    other = PatchTSTClassifier(ModelConfig.from_dict(spec.model_config)).eval()
+    torch.save({"seed_11": net.state_dict(), "seed_22": other.state_dict()}, tmp_path / "refit.pt")
+    model = TierHpoPyfunc().load(saved_model / "artifacts" / "spec.json", tmp_path / "refit.pt")
+    windows = np.stack([raw_rows(L, seed=s).to_numpy() for s in range(4)])
+    x = torch.tensor((windows - np.array(spec.mean)) / np.array(spec.std), dtype=torch.float32)
+    with torch.no_grad():
+        z = (net(x).double().numpy() + other(x).double().numpy()) / 2
+    a, b = spec.calibrator["params"]["a"], spec.calibrator["params"]["b"]
+    np.testing.assert_allclose(model.predict(None, windows)["probability"], 1 / (1 + np.exp(a * z + b)), rtol=1e-5)
+    assert len(model.nets) == 2
+
+
 def test_windows_far_outside_the_training_range_are_flagged_not_refused(tiny_model, saved_model):
     spec, _, net = tiny_model
     model = mlflow.pyfunc.load_model(str(saved_model))

@@ -3,8 +3,9 @@
 It carries three things, all as plain data (nothing is unpickled when it loads):
 
 * the feature normalisation: the training split's per-feature ``mean``/``std`` (``TierData``),
-* the network: ``ModelConfig`` as JSON plus the ``state_dict`` in ``model.pt``, loaded with
-  ``torch.load(..., weights_only=True)``,
+* the network: ``ModelConfig`` as JSON plus the weights, loaded with ``torch.load(..., weights_only=True)``:
+  one ``state_dict`` (``model.pt``), or a seed ensemble ``{"seed_<s>": state_dict}`` (``refit.pt``) whose
+  members' logits are averaged before calibration,
 * the calibrator: :class:`evaluation.calibration.Calibrator` as JSON.
 
 It is logged as an MLflow *model from code*: this file is the model's code and ends with
@@ -130,10 +131,15 @@ class TierHpoPyfunc(mlflow.pyfunc.PythonModel):
         self.calibrator = Calibrator.from_dict(self.spec.calibrator)
         self.mean = np.asarray(self.spec.mean, dtype=np.float64)
         self.std = np.asarray(self.spec.std, dtype=np.float64)
-        self.net = PatchTSTClassifier(ModelConfig.from_dict(self.spec.model_config))
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
-        self.net.load_state_dict(state)
-        self.net.eval()
+        # A seed ensemble ({"seed_<s>": state_dict}, refit.pt) or one network's state_dict.
+        states = [state[k] for k in sorted(state)] if state and all(k.startswith("seed_") for k in state) else [state]
+        self.nets = []
+        for member in states:
+            net = PatchTSTClassifier(ModelConfig.from_dict(self.spec.model_config))
+            net.load_state_dict(member)
+            net.eval()
+            self.nets.append(net)
         return self
 
     def logits(self, windows: np.ndarray) -> np.ndarray:
@@ -144,7 +150,8 @@ class TierHpoPyfunc(mlflow.pyfunc.PythonModel):
         out = []
         with torch.inference_mode():
             for start in range(0, len(x), _BATCH):
-                out.append(self.net(torch.from_numpy(x[start:start + _BATCH])).double().numpy())
+                batch = torch.from_numpy(x[start:start + _BATCH])
+                out.append(np.mean([net(batch).double().numpy() for net in self.nets], axis=0))  # mean logit
         return np.concatenate(out) if out else np.empty(0)
 
     # No type hints on predict: MLflow would try to derive a signature from them; ours is explicit.

@@ -31,16 +31,39 @@ class Study:
 
     @property
     def weights_path(self) -> Path:
-        return self.directory / "model.pt"
+        """What is promoted and served: the seed ensemble (``refit.pt``) when the study has one, else
+        the search's best trial (``model.pt``)."""
+        refit = self.directory / "refit.pt"
+        return refit if refit.is_file() and (self.directory / "refit.json").is_file() else self.directory / "model.pt"
+
+    @property
+    def is_ensemble(self) -> bool:
+        return self.weights_path.name == "refit.pt"
+
+    def members(self) -> list[tuple[dict[str, Any], float | None]]:
+        """``[(state_dict, recorded val/auc)]``: each refit seed, or the one best-trial model."""
+        import torch
+
+        if not self.is_ensemble:
+            return [(self.state_dict(), self.val_auc)]
+        refit = json.loads((self.directory / "refit.json").read_text())
+        states = torch.load(self.weights_path, map_location="cpu", weights_only=True)
+        recorded = {int(m["seed"]): m.get(METRIC) for m in refit.get("members", [])}
+        try:
+            return [(states[f"seed_{s}"], recorded.get(int(s))) for s in refit["seeds"]]
+        except KeyError as exc:
+            raise TierHpoError(f"{self.weights_path} lacks {exc} of refit.json; rerun: tierhpo hpo --tier {self.tier} "
+                               f"--budget {self.budget} --horizon {self.horizon}") from None
+
+    def model_config(self):
+        """The network structure (the refit seeds share the best trial's)."""
+        from training.model import ModelConfig
+
+        return ModelConfig.from_dict(self.best["model_config"])
 
     @property
     def val_auc(self) -> float:
         return float(self.best["metrics"][METRIC])
-
-    def model_config(self):
-        from training.model import ModelConfig
-
-        return ModelConfig.from_dict(self.best["model_config"])
 
     def train_config(self):
         from training.trainer import TrainConfig
