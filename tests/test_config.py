@@ -6,6 +6,8 @@
 * every dvc.yaml stage (matrix stages included) lists in ``params:`` only keys that exist in
   params.yaml, and lists its own section (the stage name with ``-`` as ``_``): the whole section,
   or each of its keys that the stage's ``matrix``/``cmd`` does not already interpolate.
+* every params.yaml section a stage's own files read (``config.load``, ``config.section``,
+  ``load_params()[...]``) is declared in that stage's ``params:`` (the section or a key of it).
 """
 
 from __future__ import annotations
@@ -163,3 +165,82 @@ def test_dvc_stage_lists_its_own_section(name: str) -> None:
         f"dvc.yaml stage {name!r} does not declare its own section: list {section!r} under params:, "
         f"or these keys: {missing}"
     )
+
+
+def _stage_files() -> dict[str, list[Path]]:
+    """dvc.yaml stage name -> the files of its module or package (from pipelines/cli.py STAGES)."""
+    import ast
+
+    tree = ast.parse((ROOT / "pipelines" / "cli.py").read_text(encoding="utf-8"))
+    stages = next(
+        ast.literal_eval(n.value) for n in tree.body
+        if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name) and n.target.id == "STAGES"
+    )
+    out: dict[str, list[Path]] = {}
+    for name, (module, _help) in stages.items():
+        base = ROOT.joinpath(*module.split("."))
+        out[name.replace("-", "_")] = sorted(base.rglob("*.py")) if base.is_dir() else [base.with_suffix(".py")]
+    return out
+
+
+def _sections_read(path: Path, sections: set[str]) -> dict[str, int]:
+    """params.yaml sections a file reads itself: ``config.load(C, "s")``, ``config.section("s")``, and
+    ``x["s"]`` / ``x.get("s")`` inside a function that calls ``load_params()``. Section -> first line."""
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found: dict[str, int] = {}
+
+    def note(node: ast.AST, value: Any) -> None:
+        if isinstance(value, str) and value in sections:
+            found.setdefault(value, node.lineno)
+
+    def attr(call: ast.Call) -> str:
+        return call.func.attr if isinstance(call.func, ast.Attribute) else getattr(call.func, "id", "")
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and attr(node) in ("load", "section") and isinstance(node.func, ast.Attribute) \
+                and getattr(node.func.value, "id", "") == "config":
+            for arg in node.args[:2]:
+                if isinstance(arg, ast.Constant):
+                    note(node, arg.value)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            def is_params(expr: ast.AST) -> bool:  # config.load_params() or a name bound to it
+                if isinstance(expr, ast.Call):
+                    return attr(expr) == "load_params"
+                return isinstance(expr, ast.Name) and expr.id in bound
+
+            bound = {
+                t.id for n in ast.walk(node) if isinstance(n, ast.Assign) and isinstance(n.value, ast.Call)
+                and attr(n.value) == "load_params" for t in n.targets if isinstance(t, ast.Name)
+            }
+            for sub in ast.walk(node):
+                if isinstance(sub, ast.Subscript) and isinstance(sub.slice, ast.Constant) and is_params(sub.value):
+                    note(sub, sub.slice.value)
+                if isinstance(sub, ast.Call) and attr(sub) == "get" and isinstance(sub.func, ast.Attribute) \
+                        and is_params(sub.func.value) and sub.args and isinstance(sub.args[0], ast.Constant):
+                    note(sub, sub.args[0].value)
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(DVC_STAGES))
+def test_dvc_stage_declares_every_section_its_code_reads(name: str) -> None:
+    files = _stage_files().get(name)
+    if not files:
+        pytest.skip(f"dvc.yaml stage {name!r} is not a tierhpo stage of pipelines/cli.py")
+    params = _yaml(ROOT / "params.yaml")
+    stage = DVC_STAGES[name]
+    declared = set(_params_yaml_keys(stage)) | _interpolated(stage)
+    undeclared = []
+    for path in files:
+        for section, line in _sections_read(path, set(params)).items():
+            if not any(key == section or key.startswith(section + ".") for key in declared):
+                undeclared.append(f"{path.relative_to(ROOT)}:{line}: reads {section!r}")
+    assert not undeclared, f"dvc.yaml stage {name!r} does not list in params: what its code reads:\n" + "\n".join(undeclared)
+
+
+def test_section_reader_sees_the_reads() -> None:
+    params = set(_yaml(ROOT / "params.yaml"))
+    assert set(_sections_read(ROOT / "pipelines" / "hpo.py", params)) >= {"hpo", "model", "train", "metrics"}
+    assert "model" in _sections_read(ROOT / "pipelines" / "cross_budget.py", params)
+    assert "hpo" in _sections_read(ROOT / "pipelines" / "select" / "stage.py", params)
