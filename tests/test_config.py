@@ -205,7 +205,7 @@ def _sections_read(path: Path, sections: set[str]) -> dict[str, int]:
                 if isinstance(arg, ast.Constant):
                     note(node, arg.value)
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            def is_params(expr: ast.AST) -> bool:  # config.load_params() or a name bound to it
+            def is_params(expr: ast.AST, bound: set[str]) -> bool:  # config.load_params() or a name bound to it
                 if isinstance(expr, ast.Call):
                     return attr(expr) == "load_params"
                 return isinstance(expr, ast.Name) and expr.id in bound
@@ -215,10 +215,10 @@ def _sections_read(path: Path, sections: set[str]) -> dict[str, int]:
                 and attr(n.value) == "load_params" for t in n.targets if isinstance(t, ast.Name)
             }
             for sub in ast.walk(node):
-                if isinstance(sub, ast.Subscript) and isinstance(sub.slice, ast.Constant) and is_params(sub.value):
+                if isinstance(sub, ast.Subscript) and isinstance(sub.slice, ast.Constant) and is_params(sub.value, bound):
                     note(sub, sub.slice.value)
                 if isinstance(sub, ast.Call) and attr(sub) == "get" and isinstance(sub.func, ast.Attribute) \
-                        and is_params(sub.func.value) and sub.args and isinstance(sub.args[0], ast.Constant):
+                        and is_params(sub.func.value, bound) and sub.args and isinstance(sub.args[0], ast.Constant):
                     note(sub, sub.args[0].value)
     return found
 
