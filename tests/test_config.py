@@ -40,6 +40,7 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "report": ("pipelines.report.params", "ReportParams"),
     "select": ("pipelines.select.decide", "SelectConfig"),
     "cross_budget": ("pipelines.cross_budget", "CrossBudgetConfig"),
+    "cross_tier": ("pipelines.cross_tier", "CrossTierConfig"),
     "promote": ("pipelines.promote", "PromoteConfig"),
 }
 
@@ -242,5 +243,5 @@ def test_dvc_stage_declares_every_section_its_code_reads(name: str) -> None:
 def test_section_reader_sees_the_reads() -> None:
     params = set(_yaml(ROOT / "params.yaml"))
     assert set(_sections_read(ROOT / "pipelines" / "hpo.py", params)) >= {"hpo", "model", "train", "metrics"}
-    assert "model" in _sections_read(ROOT / "pipelines" / "cross_budget.py", params)
+    assert "model" in _sections_read(ROOT / "training" / "transfer.py", params)  # cross-budget/-tier's width solver
     assert "hpo" in _sections_read(ROOT / "pipelines" / "select" / "stage.py", params)

@@ -124,7 +124,7 @@ def test_mlflow_run_runs_the_grid_with_nested_runs_and_one_candidate(tiny):
     summary = (tiny.repo / "reports" / "summary.md").read_text()
     assert f"{verdicts['best']['tier']}/{verdicts['best']['budget']}" in summary or verdicts["best"]["tier"] in summary
     served = sh([sys.executable, "-c", SERVE_CANDIDATE], tiny.repo, tiny.env)
-    probs = json.loads(served.strip().splitlines()[-1])
+    probs = json.loads(next(line for line in served.splitlines() if line.startswith("PROBS "))[6:])
     assert len(probs) == 3 and all(0 < p < 1 for p in probs)
     assert "up to date" in sh(["dvc", "status"], tiny.repo, tiny.env)
 
@@ -140,7 +140,7 @@ raw = data.features[idx] * data.std + data.mean
 frame = pd.DataFrame(raw.reshape(-1, data.n_features), columns=list(data.feature_names))
 frame["window_id"] = np.repeat(np.arange(3), data.context_len)
 model = mlflow.pyfunc.load_model("models:/tierhpo-SPY-h1@candidate")
-print(json.dumps([float(p) for p in model.predict(frame)["probability"]]))
+print("PROBS", json.dumps([float(p) for p in model.predict(frame)["probability"]]))
 """
 
 
