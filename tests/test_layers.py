@@ -30,9 +30,6 @@ ALLOWED_LAZY_CYCLE_EDGES: dict[tuple[str, str], str] = {
     # store_init.ensure_mlflow_store(uri=None) defaults to paths.mlflow_tracking_uri(); both
     # imports are lazy so that neither module pays for the other at import time.
     ("common.store_init", "common.paths"): "default MLflow URI of ensure_mlflow_store()",
-    # tier_features() validates the tier name with dataset.check_tier; training.dataset in turn
-    # reads training.inputs (lazily, in load_split), and training.inputs imports training.features.
-    ("training.features", "training.dataset"): "tier-name check in tier_features()",
     # ``python -m training.features`` prints docs/features.md; feature_docs imports features.
     ("training.features", "training.feature_docs"): "__main__ block only",
 }

@@ -22,11 +22,11 @@ import numpy as np
 
 from common import limits
 from common.errors import TierHpoError, shorten
+from training.features import KNOWN_TIERS, check_tier  # noqa: F401  (re-exported: callers import them here)
 from training.splits import window_ends
 from training.validation_record import ensure_validated
 
 SPLITS = ("train", "val", "test")
-KNOWN_TIERS = ("a20", "a50", "a100")
 
 
 @dataclass(frozen=True)
@@ -100,16 +100,6 @@ def check_symbol(symbol: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", symbol):
         raise TierHpoError(f"symbol {shorten(symbol)} must be letters, digits, '.', '_' or '-' (starting with a letter or digit)")
     return symbol
-
-
-def check_tier(tier: str, choices: Sequence[str] | None = None) -> str:
-    """Refuse a tier name that is not one of ``KNOWN_TIERS``; the message lists ``choices``
-    (a CLI passes ``data.tiers``, the tiers this project builds) or else every known tier."""
-    if tier not in KNOWN_TIERS:
-        shown = [t for t in (choices or KNOWN_TIERS) if t in KNOWN_TIERS] or list(KNOWN_TIERS)
-        source = " (data.tiers)" if choices and list(shown) != list(KNOWN_TIERS) else ""
-        raise TierHpoError(f"unknown tier {shorten(tier)}; choose one of {', '.join(shown)}{source}")
-    return tier
 
 
 def check_horizon(horizon: int, horizons: Sequence[int]) -> int:

@@ -18,14 +18,18 @@ ddof=1); EWM_a is the recursive exponential average with smoothing a.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 
+from common.errors import TierHpoError, shorten
+
 BASE_COLUMNS = ("open", "high", "low", "close", "volume")
 TIER_SIZES = {"a20": 20, "a50": 50, "a100": 100}
+KNOWN_TIERS = tuple(TIER_SIZES)
 ANNUAL = 252  # trading days per year, for annualised volatilities
 UP_MOVE = math.log(1.01)  # fixed 1 % up-move for the up_hit features (independent of data.threshold)
 
@@ -153,10 +157,18 @@ FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 WARMUP_ROWS = max(f.lookback for f in FEATURES) - 1  # leading rows without every feature
 
 
+def check_tier(tier: str, choices: Sequence[str] | None = None) -> str:
+    """Refuse a tier name that is not one of ``KNOWN_TIERS``; the message lists ``choices``
+    (a CLI passes ``data.tiers``, the tiers this project builds) or else every known tier."""
+    if tier not in KNOWN_TIERS:
+        shown = [t for t in (choices or KNOWN_TIERS) if t in KNOWN_TIERS] or list(KNOWN_TIERS)
+        source = " (data.tiers)" if choices and list(shown) != list(KNOWN_TIERS) else ""
+        raise TierHpoError(f"unknown tier {shorten(tier)}; choose one of {', '.join(shown)}{source}")
+    return tier
+
+
 def tier_features(tier: str) -> tuple[str, ...]:
     """Engineered feature names of ``tier`` (a20 ⊂ a50 ⊂ a100), in registry order."""
-    from training.dataset import check_tier
-
     return FEATURE_NAMES[: TIER_SIZES[check_tier(tier)]]
 
 
