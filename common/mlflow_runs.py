@@ -20,13 +20,14 @@ from common.redact import redact
 
 PARENT_TAG = "mlflow.parentRunId"
 BATCH = 1000  # MLflow's log_batch limit on metrics (and on metrics + params + tags)
+_taken: dict[str, str] = {}  # MLFLOW_RUN_ID once a stage run took it from the environment (see below)
 
 
 def parent_run(client: Any) -> tuple[str | None, str | None]:
     """``(experiment_id, run_id)`` of ``MLFLOW_RUN_ID``, or ``(None, None)`` when it is not set."""
     from mlflow.exceptions import MlflowException
 
-    outer = os.environ.get("MLFLOW_RUN_ID")
+    outer = os.environ.get("MLFLOW_RUN_ID") or _taken.get("outer")
     if not outer:
         return None, None
     try:
@@ -56,7 +57,7 @@ def create_stage_run(client: Any, experiment_id: str, stage: str, run_name: str,
         # The outer run is now this run's parent. Left in the environment, MLflow's fluent API would
         # resolve every later `start_run(nested=True)` of this process to the outer run itself (its
         # params then clash across tiers); a stage is one process, so it is dropped here.
-        os.environ.pop("MLFLOW_RUN_ID", None)
+        _taken["outer"] = os.environ.pop("MLFLOW_RUN_ID", None) or outer  # later stage runs still nest
     return client.create_run(outer_experiment or str(experiment_id), run_name=run_name, tags=all_tags)
 
 

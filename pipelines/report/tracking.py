@@ -1,13 +1,13 @@
 """The report's MLflow run: one ``report`` run in the experiment the HPO studies used, with the
 report files as artifacts and the headline numbers as metrics.
 
-Written with the client, as the other stages did before ``common/mlflow_runs.py``: switch to its
-``stage_run`` once it lands (one behaviour for a bad ``MLFLOW_RUN_ID``).
+Created through ``common.mlflow_runs.stage_run``, the one stage-run helper: under ``mlflow run`` it
+nests under ``MLFLOW_RUN_ID`` (a bad id is the same one-line error in every stage), and the run always
+ends FINISHED, FAILED or KILLED.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -41,15 +41,12 @@ def resolve_experiment(tier: str) -> tuple[str, str | None]:
     from mlflow.exceptions import MlflowException
 
     from common import store_init
+    from common.mlflow_runs import parent_run
 
     client = store_init.mlflow_client(paths.mlflow_tracking_uri())
-    outer = os.environ.get("MLFLOW_RUN_ID")
+    outer_experiment, outer = parent_run(client)
     if outer:
-        try:
-            return client.get_run(outer).info.experiment_id, outer
-        except MlflowException:
-            raise TierHpoError(f"MLFLOW_RUN_ID={outer} is not a run of the tracking store "
-                               f"{paths.mlflow_tracking_uri()}; unset it or fix MLFLOW_TRACKING_URI") from None
+        return str(outer_experiment), outer
     experiment_id = _experiment_id(tier)
     if experiment_id is None:
         from training.search.tracking import create_ml_experiment, experiment_name, mark_ml_experiment
@@ -76,32 +73,23 @@ def resolve_experiment(tier: str) -> tuple[str, str | None]:
 def log_to_mlflow(report: dict[str, Any], report_dir: Path) -> str:
     """One ``report`` run in the grid's experiment with the report files and headline metrics.
 
-    The run is created with the client (not ``mlflow.start_run``) so that a ``MLFLOW_RUN_ID``
-    set by ``mlflow run`` becomes its parent instead of being resumed; it always ends FINISHED,
-    FAILED or KILLED.
+    Through ``common.mlflow_runs.stage_run``: nested under ``MLFLOW_RUN_ID`` when set, always ended.
     """
-    from mlflow.entities import RunStatus
+    from mlflow.entities import Metric, Param
 
     from common import store_init
+    from common.mlflow_runs import log_batch, stage_run
 
     client = store_init.mlflow_client(paths.mlflow_tracking_uri())
-    experiment_id, parent = resolve_experiment(report["tiers"][0])
-    tags = {"stage": "report", "tiers": ",".join(report["tiers"]), "budgets": ",".join(report["budgets"]),
+    experiment_id, _ = resolve_experiment(report["tiers"][0])
+    tags = {"tiers": ",".join(report["tiers"]), "budgets": ",".join(report["budgets"]),
             "git_commit": report["git_commit"], "data_version": report["data_version"],
             "horizons": ",".join(str(h) for h in report["horizons"])}
-    if parent:
-        tags["mlflow.parentRunId"] = parent
-    run = client.create_run(experiment_id, run_name="report", tags=tags)
-    run_id = run.info.run_id
-    status = RunStatus.to_string(RunStatus.FAILED)
-    try:
-        from mlflow.entities import Metric, Param
-
+    with stage_run(client, experiment_id, "report", "report", tags) as run_id:
         now = int(pd.Timestamp.now(tz="UTC").timestamp() * 1000)
         metrics = [Metric(k, v, now, 0) for k, v in sorted(mlflow_metrics(report["headline"]).items())]
         params = [Param(k, str(v)) for k, v in sorted(report["params"].items())]
-        for start in range(0, max(len(metrics), 1), 500):  # log_batch takes at most 1000 metrics
-            client.log_batch(run_id, metrics=metrics[start:start + 500], params=params if start == 0 else [])
+        log_batch(client, run_id, metrics=metrics, params=params)
         for g in report["grid"]:
             if g["available"]:
                 best = g["answer"]["best"]
@@ -112,10 +100,4 @@ def log_to_mlflow(report: dict[str, Any], report_dir: Path) -> str:
                 client.log_artifacts(run_id, str(path), artifact_path=f"report/{name}")
             elif path.is_file():
                 client.log_artifact(run_id, str(path), artifact_path="report")
-        status = RunStatus.to_string(RunStatus.FINISHED)
-    except KeyboardInterrupt:
-        status = RunStatus.to_string(RunStatus.KILLED)
-        raise
-    finally:
-        client.set_terminated(run_id, status=status)
     return run_id
