@@ -31,6 +31,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "report": ("pipelines.report", "Write one report for the grid: reports/summary.md leads with its answer."),
     "batch": ("pipelines.batch", "Run a tier's budgets, cross-budget, promote and report; resumable."),
     "predict": ("pipelines.predict", "Print the newest day's calibrated probability from raw OHLCV of recent days."),
+    "stores": ("pipelines.stores", "Maintain the stores: `stores relocate --from OLD` after copying stores/."),
     "dashboard": ("pipelines.dashboard", "Start optuna-dashboard on the project's Optuna storage (127.0.0.1:8080)."),
 }
 
