@@ -25,6 +25,7 @@ MAX_ROWS = 1_000_000
 CSV_CHUNK_ROWS = 100_000
 # Bytes sniffed at the start of a source file (binary content, delimiter, header length).
 SNIFF_BYTES = 64 * 1024
+MAX_LINE_BYTES = 64 * 1024  # a CSV line longer than this is refused (pipelines/ohlcv.py)
 # Longest symbol: it becomes a file name (data/raw/<symbol>.csv, data/tiers/<symbol>_a100.splits.json).
 # Fixed, not raisable: file systems cap a name at 255 bytes.
 MAX_SYMBOL_CHARS = 32

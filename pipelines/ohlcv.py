@@ -45,11 +45,17 @@ class _TooBig(Exception):
     pass
 
 
+class _LineTooLong(Exception):
+    pass
+
+
 class _CappedReader(io.RawIOBase):
-    """A binary stream that raises ``_TooBig`` once more than ``limit`` bytes have been read."""
+    """A binary stream that raises ``_TooBig`` once more than ``limit`` bytes have been read, and
+    ``_LineTooLong`` at a line longer than ``limits.MAX_LINE_BYTES`` (pandas' tokenizer re-scans an
+    unfinished line at every refill: a 50 MB single-line file ran for over 18 minutes)."""
 
     def __init__(self, raw, limit: int) -> None:
-        self.raw, self.limit, self.seen = raw, limit, 0
+        self.raw, self.limit, self.seen, self.line = raw, limit, 0, 0
 
     def readable(self) -> bool:
         return True
@@ -59,6 +65,10 @@ class _CappedReader(io.RawIOBase):
         self.seen += len(data)
         if self.seen > self.limit:
             raise _TooBig
+        last = data.rfind(b"\n")
+        self.line = self.line + len(data) if last < 0 else len(data) - last - 1
+        if self.line > limits.MAX_LINE_BYTES:
+            raise _LineTooLong
         buffer[: len(data)] = data
         return len(data)
 
@@ -119,8 +129,9 @@ def _read_csv(path: Path, max_bytes: int, max_rows: int) -> pd.DataFrame:
     _sniff(path, head, more=len(head) >= limits.SNIFF_BYTES)
     chunks, rows = [], 0
     with opener(path, "rb") as fh:
-        reader = pd.read_csv(io.BufferedReader(_CappedReader(fh, max_bytes)), chunksize=limits.CSV_CHUNK_ROWS)
+        reader = None
         try:
+            reader = pd.read_csv(io.BufferedReader(_CappedReader(fh, max_bytes)), chunksize=limits.CSV_CHUNK_ROWS)
             for chunk in reader:
                 rows += len(chunk)
                 if rows > max_rows:
@@ -131,10 +142,14 @@ def _read_csv(path: Path, max_bytes: int, max_rows: int) -> pd.DataFrame:
                 chunks.append(chunk)
         except _TooBig:
             raise _too_big(path, f"over {max_bytes // MIB} MiB decompressed", max_bytes / MIB) from None
+        except _LineTooLong:
+            raise TierHpoError(f"source {shorten(path.name)} has a line longer than {limits.MAX_LINE_BYTES // 1024} KiB; "
+                               "daily OHLCV has one short line per day: check the file and its line endings") from None
         except UnicodeDecodeError:  # past the sniffed head: pandas' position is within its buffer
             raise _not_utf8(path, opener) from None
         finally:
-            reader.close()
+            if reader is not None:
+                reader.close()
     if not chunks:
         raise TierHpoError(f"source file has no data rows: {path}")
     return pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0]

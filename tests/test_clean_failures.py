@@ -101,6 +101,11 @@ def semicolon_csv(root: Path, tmp: Path) -> None:
     make_ohlcv(800).to_csv(tmp / "prices.csv", sep=";", index=False)
 
 
+def single_line_csv(root: Path, tmp: Path) -> None:
+    """One 2 MB line after the header (a 50 MB one used to keep pandas' tokenizer busy for minutes)."""
+    (tmp / "prices.csv").write_text("Date,Open,High,Low,Close,Volume\n" + "1," * 1_000_000)
+
+
 def binary_csv(root: Path, tmp: Path) -> None:
     (tmp / "prices.csv").write_bytes(bytes(range(256)) * 20)
 
@@ -201,6 +206,8 @@ CASES: dict[str, Case] = {
                                      r"symbol 'AAA+\.\.\.\(300 chars\) is too long: at most \d+ characters", good_csv),
     "ingest semicolon CSV": Case(("ingest", "--source", "{tmp}/prices.csv"),
                                  r"'prices\.csv' looks semicolon-separated .*save it comma-separated", semicolon_csv),
+    "ingest single 2 MB line": Case(("ingest", "--source", "{tmp}/prices.csv"),
+                                    r"'prices\.csv' has a line longer than 64 KiB", single_line_csv),
     "ingest binary .csv": Case(("ingest", "--source", "{tmp}/prices.csv"),
                                r"'prices\.csv' is not a text CSV \(binary content\)", binary_csv),
     "ingest latin-1 CSV": Case(("ingest", "--source", "{tmp}/prices.csv"),
