@@ -29,6 +29,9 @@ def isolated_stores(tmp_path, monkeypatch):
     monkeypatch.setenv("TIERHPO_OPTUNA_STORAGE", f"sqlite:///{stores / 'optuna.db'}")
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    from common import mlflow_runs
+
+    monkeypatch.setattr(mlflow_runs, "_taken", {})  # an outer run a stage took in an earlier test
     yield stores
     # A process-global tracking URI outlives this test's environment and silently sends every
     # later test's fluent MLflow calls to this test's store; fail the test that leaked it.
