@@ -8,8 +8,8 @@ version (the validated files' md5) is part of the study name, so new data starts
 Running the same command again resumes the study: only the trials missing to reach ``--trials``
 COMPLETE trials run. At the end it writes, atomically, ``paths.study_dir(tier, budget, horizon)``:
 ``best.json``, ``model.pt``, ``metrics.json`` and ``trials.csv`` (docs/architecture.md), then
-retrains the best configuration with ``hpo.refit_seeds`` fresh seeds (derived from ``hpo.seed``,
-never equal to it), all in one batch (training/batched.py): ``refit.json`` (per-seed and
+retrains the best configuration with ``hpo.refit_seeds`` fresh seeds (``training.seeds.fresh_seeds``
+of ``hpo.seed``, never equal to it: the seeds the transfer stages' diagonal cells reuse), all in one batch (training/batched.py): ``refit.json`` (per-seed and
 seed-ensemble val metrics), ``refit.pt`` (``{"seed_<s>": state_dict}``) and
 ``val_predictions.parquet`` (date, y, seed_<s>). The test split is not read here.
 Ctrl-C or SIGTERM: the running trial is closed (MLflow run KILLED) and re-queued, exit 130.
@@ -132,7 +132,9 @@ def main(
     out = paths.study_dir(spec.tier, spec.budget, spec.horizon)
     write_outputs(result, out)
     if hpo.refit_seeds:
-        refit = refit_best(result.best, data, refit_seeds(hpo.seed, hpo.refit_seeds), ece_bins=spec.metrics.ece_bins)
+        from training.seeds import fresh_seeds
+
+        refit = refit_best(result.best, data, fresh_seeds(spec.seed, hpo.refit_seeds), ece_bins=spec.metrics.ece_bins)
         write_refit(refit, out)
         _echo(f"refit {len(refit['seeds'])} fresh seeds: val/auc "
               + ", ".join(f"{r['val/auc']:.4f}" for r in refit["members"])
@@ -159,18 +161,6 @@ def resolve_workers(requested: int, trials: int, cores: int | None = None) -> in
 
         cores = len(available_cpus())
     return max(1, min(cores, trials))
-
-
-def refit_seeds(hpo_seed: int, n: int) -> list[int]:
-    """``n`` distinct seeds derived from ``hpo_seed`` (numpy ``SeedSequence``), none equal to it."""
-    import numpy as np
-
-    seeds: list[int] = []
-    state = np.random.SeedSequence([hpo_seed, 0x5EED]).generate_state(n + 1 + n, dtype=np.uint32)
-    for value in (int(v) & 0x7FFFFFFF for v in state):
-        if value != hpo_seed and value not in seeds and len(seeds) < n:
-            seeds.append(value)
-    return seeds
 
 
 def refit_best(best: dict, data, seeds: list[int], *, ece_bins: int) -> dict:

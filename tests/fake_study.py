@@ -1,26 +1,33 @@
-"""A small but real finished study, as ``tierhpo hpo`` leaves it, for the promotion tests.
+"""A small but real finished study, as ``tierhpo hpo`` leaves it, for the promotion and transfer tests.
 
 The model is trained by the real trainer on a synthetic tier; ``best.json``/``model.pt``/
-``trials.csv`` follow docs/architecture.md, and the study's parent and best-trial runs exist in
-the (per-test) MLflow store. Only the search itself is skipped: one trial is "the best".
+``trials.csv`` (and, with ``refit_seeds``, the refit files) follow docs/architecture.md, and the
+study's parent and best-trial runs exist in the (per-test) MLflow store. Only the search itself is
+skipped: one trial is "the best". :func:`shared_studies` builds a module's studies once;
+:func:`untrained_study` is a ``best.json`` alone, for plans that train nothing.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import pandas as pd
+import pytest
 import torch
 import yaml
+from shrink import shrink, train_config
 
 from common import paths
 from training.budget import Architecture, count_params, parse_budget, solve
 from training.dataset import TierData
+from training.study_record import Study
 from training.synthetic import synthetic_tier
-from training.trainer import TrainConfig, train
+from training.trainer import train
 
 TIER, HORIZON = "a50", 1
 
@@ -39,11 +46,11 @@ def tiny_tier(seed: int = 0) -> TierData:
 
 
 def project(root: Path, monkeypatch: Any, sections: dict[str, Any]) -> Path:
-    """A throwaway project root (params.yaml + results/) that ``common.paths`` resolves to."""
+    """A throwaway project root (params.yaml + results/) that ``common.paths`` resolves to: the
+    shrunk ``data`` section (tests/shrink.py) for the synthetic tier, then ``sections`` as given."""
     root.mkdir(parents=True, exist_ok=True)
-    (root / "params.yaml").write_text(yaml.safe_dump({
-        "data": {"symbol": "SYN", "tiers": [TIER], "horizons": [HORIZON], "context_len": 16}, **sections,
-    }))
+    data = shrink(data={"symbol": "SYN", "tiers": [TIER], "horizons": [HORIZON], "context_len": 16})["data"]
+    (root / "params.yaml").write_text(yaml.safe_dump({"data": data, **sections}))
     (root / "dvc.yaml").write_text("stages: {}\n")
     monkeypatch.setenv("TIERHPO_ROOT", str(root))
     return root
@@ -69,14 +76,17 @@ def make_study(
     trial_number: int = 3,
     study_name: str | None = None,
     state_dict_hook: Any = None,
+    refit_seeds: int = 0,
 ) -> dict[str, Any]:
     """Train the study's "best trial" and write its study dir; returns ``best.json``'s content.
 
     ``state_dict_hook(state_dict) -> state_dict`` can break the model on purpose (e.g. collapse it).
+    ``refit_seeds``: also the HPO stage's refit (``refit.json``, ``refit.pt``, ``val_predictions.parquet``)
+    of that many fresh seeds, trained by the stage's own code.
     """
     model_cfg = solve(arch, budget, data.n_features, data.context_len, dropout=dropout)
     assert model_cfg is not None, f"{arch} is infeasible at {budget}"
-    train_cfg = TrainConfig(lr=lr, batch_size=64, max_epochs=epochs, patience=epochs, seed=seed, progress=False)
+    train_cfg = train_config(lr=lr, batch_size=64, max_epochs=epochs, patience=epochs, seed=seed, progress=False)
     result = train(model_cfg, train_cfg, data)
     state = result.state_dict if state_dict_hook is None else state_dict_hook(result.state_dict)
     metrics = result.val_metrics
@@ -116,4 +126,50 @@ def make_study(
     torch.save(state, directory / "model.pt")
     pd.DataFrame({"number": [0, 1, 2, trial_number], "state": ["COMPLETE", "PRUNED", "COMPLETE", "COMPLETE"],
                   "seconds": [2.0, 0.5, 4.0, 3.0]}).to_csv(directory / "trials.csv", index=False)
+    if refit_seeds:
+        from pipelines.hpo import refit_best, write_refit
+        from training.seeds import fresh_seeds
+
+        write_refit(refit_best(best, data, fresh_seeds(seed, refit_seeds), ece_bins=15), directory)
     return best
+
+
+def untrained_study(tier: str, budget: str, arch: Architecture, seed: int, directory: Path, *, n_features: int,
+                    context_len: int = 16, rules: dict[str, Any] | None = None) -> Study:
+    """A study as ``best.json`` describes it, trained by nobody (for plans, which train nothing);
+    ``rules``: the budget solver's tolerance and min_head_dim."""
+    cfg = solve(arch, budget, n_features, context_len, dropout=0.1, **(rules or {}))
+    assert cfg is not None, f"{arch} is infeasible at {budget} with {n_features} features"
+    best = {"study_name": f"{tier}-{budget}", "trial_number": 1, "mlflow_run_id": "r", "experiment_id": "0",
+            "params": {"d_ff_ratio": arch.d_ff_ratio, "lr": 1e-3}, "model_config": cfg.to_dict(),
+            "train_config": train_config(seed=seed).to_dict(), "n_params": parse_budget(budget),
+            "metrics": {"val/auc": 0.6}}
+    directory.mkdir(parents=True, exist_ok=True)
+    return Study(tier, budget, HORIZON, directory, best)
+
+
+@dataclass
+class SharedStudies:
+    """Studies built once for a test module, in their own stores and project (``shared_studies``)."""
+
+    root: Path
+    data: Any  # one TierData, or tier -> TierData
+    best: dict[str, dict[str, Any]]  # key -> best.json
+
+    def use(self, monkeypatch: Any) -> tuple[Any, dict[str, dict[str, Any]]]:
+        """Point this test at the module's stores and project; ``(data, best)``."""
+        point_at(self.root, monkeypatch)
+        monkeypatch.setenv("TIERHPO_ROOT", str(self.root / "proj"))
+        return self.data, self.best
+
+
+def shared_studies(tmp_path_factory: Any, name: str, sections: dict[str, Any],
+                   make: Callable[[], tuple[Any, dict[str, dict[str, Any]]]]) -> SharedStudies:
+    """Build a module's studies once: ``make() -> (data, best)`` runs with fresh stores and a project
+    of ``sections`` (see :func:`project`)."""
+    root = tmp_path_factory.mktemp(name)
+    with pytest.MonkeyPatch.context() as mp:
+        point_at(root, mp)
+        project(root / "proj", mp, sections)
+        data, best = make()
+    return SharedStudies(root, data, best)

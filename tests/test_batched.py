@@ -7,11 +7,12 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from shrink import train_config
 
 from training.batched import group_key, train_batch
 from training.model import ModelConfig
 from training.synthetic import synthetic_tier
-from training.trainer import TrainConfig, predict_proba, train
+from training.trainer import predict_proba, train
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,7 @@ def tier():
 def members(data):
     model = ModelConfig(n_features=data.n_features, context_len=data.context_len, patch_len=2, d_model=16,
                         n_layers=2, n_heads=2, d_ff=32, dropout=0.1)
-    base = TrainConfig(lr=3e-3, batch_size=64, max_epochs=4, patience=2, progress=False, seed=7)
+    base = train_config(lr=3e-3, batch_size=64, max_epochs=4, patience=2, progress=False, seed=7)  # tests/shrink.py
     hyper = [dict(), dict(seed=8, lr=1e-2, weight_decay=0.0), dict(seed=9, lr=1e-3, pos_weight=2.0),
              dict(seed=10, grad_clip=0.0, weight_decay=0.1, patience=1)]
     dropouts = [0.1, 0.0, 0.3, 0.2]
@@ -77,10 +78,11 @@ def test_refit_fresh_seeds_batched(tier, tmp_path):
 
     import pandas as pd
 
-    from pipelines.hpo import refit_best, refit_seeds, write_refit
+    from pipelines.hpo import refit_best, write_refit
+    from training.seeds import fresh_seeds
 
-    seeds = refit_seeds(7, 3)
-    assert len(set(seeds)) == 3 and 7 not in seeds and seeds == refit_seeds(7, 3)
+    seeds = fresh_seeds(7, 3)
+    assert len(set(seeds)) == 3 and 7 not in seeds and seeds == fresh_seeds(7, 3)
     models, trains = members(tier)
     best = {"model_config": models[0].to_dict(), "train_config": trains[0].to_dict(), "trial_number": 2}
     refit = refit_best(best, tier, seeds, ece_bins=15)

@@ -2,8 +2,9 @@
 
 Writer: ``training/search/results.py`` (``tierhpo hpo``), into ``paths.study_dir(tier, budget, h)``:
 ``best.json`` (the keys in ``BEST_KEYS``), ``model.pt`` (the best trial's weights), ``trials.csv`` and
-the refit files. Readers: cross-budget, promote and select, through ``read_study`` here, so a
-missing or foreign file is the same one-line error everywhere, and no stage borrows from another.
+the refit files (``refit.json`` through ``Study.refit_record``). Readers: cross-budget, cross-tier,
+promote and select, through ``read_study`` here, so a missing or foreign file is the same one-line
+error everywhere, and no stage borrows from another.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class Study:
 
         if not self.is_ensemble:
             return [(self.state_dict(), self.val_auc)]
-        refit = json.loads((self.directory / "refit.json").read_text())
+        refit = self.refit_record() or {}
         states = torch.load(self.weights_path, map_location="cpu", weights_only=True)
         recorded = {int(m["seed"]): m.get(METRIC) for m in refit.get("members", [])}
         try:
@@ -54,6 +55,17 @@ class Study:
         except KeyError as exc:
             raise TierHpoError(f"{self.weights_path} lacks {exc} of refit.json; rerun: tierhpo hpo --tier {self.tier} "
                                f"--budget {self.budget} --horizon {self.horizon}") from None
+
+    def refit_record(self) -> dict[str, Any] | None:
+        """``refit.json`` (the best configuration retrained with fresh seeds), None without one."""
+        path = self.directory / "refit.json"
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise TierHpoError(f"{path} is not valid JSON ({exc.msg}); rerun: tierhpo hpo --tier {self.tier} "
+                               f"--budget {self.budget} --horizon {self.horizon}") from exc
 
     def model_config(self):
         """The network structure (the refit seeds share the best trial's)."""

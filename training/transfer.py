@@ -3,9 +3,17 @@
 ``tierhpo cross-budget`` (one tier: each budget's best hyperparameters at every other budget) and
 ``tierhpo cross-tier`` (one budget: each tier's best hyperparameters on every other tier) both
 build a matrix of :class:`Cell` s (source = whose hyperparameters, target = where they are
-trained), train every feasible cell with fresh seeds in one batch (:func:`train_cells`) and judge
-each off-diagonal cell against the target's diagonal by Welch's t-test (:func:`summarise`).
-No stage imports another: both import from here.
+trained; :func:`plan_cells`), train every feasible cell with fresh seeds in one batch
+(:func:`train_cells`) and judge each off-diagonal cell against the target's diagonal by Welch's
+t-test (:func:`summarise`). No stage imports another: both import from here and from
+``training.transfer_run`` (outputs and the MLflow run).
+
+Seeds and the diagonal. A source study's cells are trained with ``training.seeds.fresh_seeds`` of
+its seed, the derivation the HPO refit uses too. So the diagonal cell (the study's own
+configuration on its own data) asks for seeds that ``refit.json`` already holds: those are read
+from there (:func:`reusable_refit`; the same ``train_batch`` call on the same config, data and
+seed gives bit-identical metrics on the CPU), and only the seeds beyond ``hpo.refit_seeds`` are
+trained. The diagonal still never uses the study's own seed (winner's curse).
 """
 
 from __future__ import annotations
@@ -13,15 +21,32 @@ from __future__ import annotations
 import dataclasses
 import math
 import statistics
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
 from common import config, paths, store_init
+from common.errors import TierHpoError
+from training.seeds import fresh_seeds
 from training.study_record import METRIC, Study
+
+
+@dataclass
+class TransferConfig:
+    """What both ``params.yaml`` sections ``cross_budget`` and ``cross_tier`` hold (each stage adds its axis list)."""
+
+    SECTION: ClassVar[str] = "transfer"
+    seeds: int = 3  # fresh seeds per cell (never the study's own), trained as one batch
+    alpha: float = 0.05  # level of the two-sided Welch t-test of a cell against the diagonal
+
+    def __post_init__(self) -> None:
+        if self.seeds < 2:
+            raise TierHpoError(f"{self.SECTION}.seeds must be >= 2 (the t-test needs a spread), got {self.seeds}")
+        if not 0.0 < self.alpha < 1.0:
+            raise TierHpoError(f"{self.SECTION}.alpha must be in (0, 1), got {self.alpha}")
 
 
 def solver_rules() -> dict[str, Any]:
@@ -43,6 +68,7 @@ class Cell:
     est_seconds_per_run: float | None = None
     val_auc: dict[int, float] = field(default_factory=dict)  # seed -> val/auc (filled by training)
     reason: str | None = None  # why an infeasible cell is infeasible
+    from_refit: dict[int, float] = field(default_factory=dict)  # diagonal: seed -> val/auc read from refit.json
 
     @property
     def feasible(self) -> bool:
@@ -50,18 +76,71 @@ class Cell:
 
     @property
     def to_train(self) -> list[int]:
-        return list(self.seeds) if self.feasible else []
+        return [s for s in self.seeds if s not in self.from_refit] if self.feasible else []
 
 
-def fresh_seeds(study_seed: int, n: int) -> list[int]:
-    """``n`` distinct seeds derived from ``study_seed`` (numpy ``SeedSequence``), none equal to it:
-    the study's own seed won the search, so its result is biased upwards (winner's curse)."""
-    seeds: list[int] = []
-    state = np.random.SeedSequence([study_seed, 0xC805]).generate_state(2 * n + 1, dtype=np.uint32)
-    for value in (int(v) & 0x7FFFFFFF for v in state):
-        if value != study_seed and value not in seeds and len(seeds) < n:
-            seeds.append(value)
-    return seeds
+def reusable_refit(study: Study) -> dict[int, float]:
+    """seed -> val/auc of the study's refit members (``refit.json``), when that refit retrained
+    the study's own best trial: the same model config and the same train config but the seed.
+    Empty without a refit (``hpo.refit_seeds: 0``) or when it describes another configuration."""
+    from training.model import ModelConfig
+    from training.trainer import TrainConfig
+
+    refit = study.refit_record()
+    if not refit or refit.get("trial_number") != study.best.get("trial_number"):
+        return {}
+
+    def train(raw: dict[str, Any]) -> Any:  # the refit records its train config with seed None
+        return dataclasses.replace(TrainConfig.from_dict({**raw, "seed": 0}), progress=False)
+
+    try:
+        same = (ModelConfig.from_dict(refit["model_config"]) == study.model_config()
+                and train(refit["train_config"]) == train(study.best["train_config"]))
+    except (KeyError, TypeError, TierHpoError):
+        return {}
+    if not same:
+        return {}
+    return {int(m["seed"]): float(m[METRIC]) for m in refit.get("members", []) if METRIC in m}
+
+
+def infeasible_reason(arch: Any, budget: str, n_features: int, context_len: int, rules: dict[str, Any]) -> str:
+    """Why ``solve`` found no width for ``arch`` at ``budget`` with ``n_features`` inputs."""
+    if arch.patch_len > context_len:
+        return f"patch_len {arch.patch_len} > context_len {context_len}"
+    return (f"no d_model (a multiple of n_heads={arch.n_heads}, head width >= {rules['min_head_dim']}) puts "
+            f"n_layers={arch.n_layers} d_ff_ratio={arch.d_ff_ratio:g} patch_len={arch.patch_len} with "
+            f"{n_features} input features within {rules['tolerance']:.0%} of {budget}")
+
+
+def plan_cells(studies: dict[str, Study], n_seeds: int, rules: dict[str, Any],
+               target_of: Callable[[str, Study], tuple[str, int, int]]) -> list[Cell]:
+    """Every (source, target) cell with its solved config, seeds and estimated cost; trains nothing.
+
+    ``studies``: key (budget or tier) -> its study. ``target_of(target, source_study)`` gives the
+    ``(budget, n_features, context_len)`` the source's structure is re-solved for off the diagonal;
+    the diagonal keeps the study's own configuration and takes what its refit already trained."""
+    from training.budget import count_params, solve
+
+    durations = {k: recorded_trial_seconds(s) for k, s in studies.items()}
+    cells = []
+    for source, study in studies.items():
+        arch, src_cfg = architecture_of(study), study.model_config()
+        seeds = fresh_seeds(study.train_config().seed, n_seeds)
+        refit = reusable_refit(study)
+        for target in studies:
+            reason, from_refit = None, {}
+            if target == source:
+                model_cfg = src_cfg
+                from_refit = {s: refit[s] for s in seeds if s in refit}
+            else:
+                budget, n_features, context_len = target_of(target, study)
+                model_cfg = solve(arch, budget, n_features, context_len, dropout=src_cfg.dropout, **rules)
+                if model_cfg is None:
+                    reason = infeasible_reason(arch, budget, n_features, context_len, rules)
+            n_params = count_params(model_cfg) if model_cfg is not None else None
+            cells.append(Cell(source, target, model_cfg, n_params, list(seeds), durations[target], reason=reason,
+                              from_refit=from_refit))
+    return cells
 
 
 def architecture_of(study: Study):
@@ -101,25 +180,26 @@ def _mlflow_trial_seconds(study: Study) -> float | None:
 
 
 def train_cells(cells: list[Cell], studies: dict[str, Study], data: Any, on_run: Any = None) -> None:
-    """Train every feasible cell's seeds, one batch per cell (``train_batch``: the same structure,
-    one member per seed), and fill ``cell.val_auc``; ``on_run(cell, seed, result)``.
+    """Train every feasible cell's seeds that its refit does not hold, one batch per cell
+    (``train_batch``: the same structure, one member per seed), and fill ``cell.val_auc`` (in seed
+    order, the refit's values included); ``on_run(cell, seed, result)`` for each trained seed.
 
     ``data``: one dataset for every cell (cross-budget), or a mapping target -> dataset (cross-tier)."""
     from training.batched import train_batch
 
     for cell in cells:
-        cell.val_auc = {}
-        if not cell.to_train:
-            continue
-        base = dataclasses.replace(studies[cell.source].train_config(), progress=False)
-        configs = [dataclasses.replace(base, seed=seed) for seed in cell.to_train]
-        cell_data = data[cell.target] if isinstance(data, Mapping) else data
-        results = train_batch([cell.model_config] * len(configs), configs, cell_data)
-        for seed, result in zip(cell.to_train, results, strict=True):
-            if on_run is not None:
-                on_run(cell, seed, result)
-            auc = result.val_metrics.get(METRIC, math.nan) if result.ok else math.nan
-            cell.val_auc[seed] = float(auc)
+        trained: dict[int, float] = {}
+        if cell.to_train:
+            base = dataclasses.replace(studies[cell.source].train_config(), progress=False)
+            configs = [dataclasses.replace(base, seed=seed) for seed in cell.to_train]
+            cell_data = data[cell.target] if isinstance(data, Mapping) else data
+            results = train_batch([cell.model_config] * len(configs), configs, cell_data)
+            for seed, result in zip(cell.to_train, results, strict=True):
+                if on_run is not None:
+                    on_run(cell, seed, result)
+                trained[seed] = float(result.val_metrics.get(METRIC, math.nan) if result.ok else math.nan)
+        known = {**cell.from_refit, **trained} if cell.feasible else {}
+        cell.val_auc = {s: known[s] for s in cell.seeds if s in known}
 
 
 def welch_p(cell: list[float], diagonal: list[float]) -> float | None:
@@ -162,6 +242,7 @@ def summarise(cells: list[Cell], keys: list[str], cfg: Any) -> dict[str, Any]:
                 "source": s, "target": t, "feasible": c.feasible, "n_params": c.n_params,
                 "model_config": dataclasses.asdict(c.model_config) if c.feasible else None,
                 "seeds": c.seeds if c.feasible else [],
+                "seeds_from_refit": [s for s in c.seeds if s in c.from_refit] if c.feasible else [],
                 "val_auc": {str(k): v for k, v in sorted(c.val_auc.items())}, **st,
             }
             if not c.feasible:
