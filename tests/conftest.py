@@ -1,7 +1,7 @@
 """Shared fixtures. Every test gets its own MLflow and Optuna stores under tmp_path.
 
-``shrink`` is the one place that turns the real default params into a test-sized profile
-(1-2 epochs, 2-3 trials, tiny budgets); tests that need a config start from it.
+``shrink`` (tests/shrink.py) is the one place that turns the real default params
+into a test-sized profile (1-2 epochs, 2-3 trials, tiny budgets); tests that need a config start from it.
 """
 
 from __future__ import annotations
@@ -94,27 +94,3 @@ def build_validated_tier(repo: Path, tier: str, env: dict[str, str]) -> None:
 def repo_copy(tmp_path) -> Path:
     """A throwaway git copy of the working tree, for end-to-end ``dvc repro`` tests."""
     return copy_repo(tmp_path / "repo")
-
-
-# The tiny profile: the real params.yaml, shrunk. Every key kept, only sizes changed, so a
-# typo or a new required key in params.yaml fails here exactly as in a real run.
-TINY_PROFILE: dict[str, dict] = {
-    "data": {"tiers": ["a20", "a50"], "horizons": [1]},
-    "train": {"max_epochs": 2, "patience": 1},
-    "hpo": {"tiers": ["a20", "a50"], "budgets": ["20K", "40K"], "horizons": [1], "trials": 3, "forced": 2,
-            "threads": 2, "refit_seeds": 2},
-    "cross_budget": {"seeds": 2},
-    "cross_tier": {"seeds": 2},
-    "report": {"tiers": [], "bootstrap_reps": 300},
-    "select": {"bootstrap_reps": 200, "mcs_reps": 100, "spa_reps": 100},
-}
-
-
-def shrink(params: dict) -> dict:
-    """Return ``params`` (a parsed params.yaml) with the tiny profile applied: 2 epochs, 3 trials."""
-    out = {section: dict(values) if isinstance(values, dict) else values for section, values in params.items()}
-    for section, changes in TINY_PROFILE.items():
-        unknown = set(changes) - set(out[section])
-        assert not unknown, f"tiny profile names keys params.yaml lacks: {section}.{sorted(unknown)}"
-        out[section].update(changes)
-    return out

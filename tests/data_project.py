@@ -1,7 +1,8 @@
 """A throwaway tierhpo project (params.yaml, dvc.yaml, a DVC repo) for the data-stage tests.
 
-``TINY_DATA`` shrinks the ``data`` section so that ``make_ohlcv(800)`` yields valid splits in
-well under a second: context 8 days, purge gap 5 + 8 = 13 rows, 20 windows per split.
+``TINY_DATA`` is the shrunk ``data`` section (tests/shrink.py) with what makes ``make_ohlcv(800)``
+yield valid splits in well under a second: context 8 days, purge gap 5 + 8 = 13 rows, 20 windows
+per split, and every tier and horizon of params.yaml.
 """
 
 from __future__ import annotations
@@ -14,27 +15,19 @@ from typing import Any
 
 import pytest
 import yaml
+from shrink import shrink
 
-TINY_DATA: dict[str, Any] = {
-    "symbol": "SPY",
-    "tiers": ["a20", "a50", "a100"],
-    "horizons": [1, 2, 3, 5],
-    "threshold": 0.01,
-    "context_len": 8,
-    "split": {"train": 0.70, "val": 0.15, "test": 0.15},
-    "purge_extra": 0,
-    "min_windows_per_split": 20,
-}
-VALIDATE = {"positive_rate_min": 0.02, "positive_rate_max": 0.98, "show_rows": 3, "data_docs": False}
+DATA_SECTIONS = ("data", "ingest", "tiers", "validate")  # what the data stages read
+TINY = shrink(data={"tiers": ["a20", "a50", "a100"], "horizons": [1, 2, 3, 5], "context_len": 8,
+                    "min_windows_per_split": 20},
+              validate={"show_rows": 3, "data_docs": False})
+TINY_DATA: dict[str, Any] = TINY["data"]
+VALIDATE: dict[str, Any] = TINY["validate"]
 
 
 def write_params(root: Path, data: dict[str, Any] | None = None, validate: dict[str, Any] | None = None) -> None:
-    params = {
-        "data": data or TINY_DATA,
-        "ingest": {"source": "arch"},
-        "tiers": {"use_adjusted": True},
-        "validate": validate or VALIDATE,
-    }
+    params = {name: TINY[name] for name in DATA_SECTIONS} | {"data": data or TINY_DATA,
+                                                             "validate": validate or VALIDATE}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 

@@ -1,5 +1,5 @@
-"""A test-sized HPO study (tiny synthetic tier, 5K-parameter budget, 2 epochs), shared by the
-engine tests and the subprocesses of the crash tests."""
+"""A test-sized HPO study (tiny synthetic tier, 5K-parameter budget, the shrunk train section's 2
+epochs), shared by the engine tests and the subprocesses of the crash tests."""
 
 from __future__ import annotations
 
@@ -10,31 +10,42 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from common import paths
+from tests.shrink import train_config  # tests.shrink: the crash tests' subprocesses import tests.hpo_tiny
 from training.dataset import TierData
 from training.search.config import PrunerConfig, StorageConfig
 from training.search.coverage import CoverageConfig
 from training.search.space import ParamConfig, SearchSpace
 from training.search.study import StudySpec, WorkerSettings
 from training.synthetic import synthetic_tier
-from training.trainer import TrainConfig
 
-SPACE = SearchSpace.from_config({
+SPACE_CONFIG = {
     "lr": ParamConfig("float", 1e-3, 1e-2, log=True),
     "dropout": ParamConfig("float", 0.0, 0.2),
     "n_layers": ParamConfig("int", 1, 2),
     "n_heads": ParamConfig("categorical", choices=[1, 2]),
     "batch_size": ParamConfig("categorical", choices=[64, 128]),
-})
+}
+SPACE = SearchSpace.from_config(SPACE_CONFIG)
 
 
 def tiny_data(n_days: int = 420) -> TierData:
     return synthetic_tier(n_days=n_days, n_features=6, context_len=8, seed=1)
 
 
+def space(**over: ParamConfig) -> SearchSpace:
+    """:data:`SPACE` with some parameters' ranges changed."""
+    return SearchSpace.from_config({**SPACE_CONFIG, **over})
+
+
+def tiny_train(**over):
+    """The shrunk ``train`` section (tests/shrink.py: 2 epochs), patient for both, quiet, small eval batches."""
+    return train_config(**{"patience": 2, "progress": False, "eval_batch_size": 512, **over})
+
+
 def tiny_spec(data: TierData, **over) -> StudySpec:
     base = dict(
         tier="a20", budget="5K", horizon=1, space=SPACE, n_features=data.n_features, context_len=data.context_len,
-        data_version="synthetic-1", train=TrainConfig(max_epochs=2, patience=2, progress=False, eval_batch_size=512),
+        data_version="synthetic-1", train=tiny_train(),
         forced=2, coverage=CoverageConfig(bins=3, target=0.8, pairs=[["lr", "batch_size"]]),
         pruner=PrunerConfig(kind="none"),
     )

@@ -21,16 +21,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, make_ohlcv, shrink
+from conftest import REPO, make_ohlcv
+from shrink import shrink
 
 SYMBOL_300 = "A" * 300
 
 
 def _params() -> dict:
-    params = shrink(yaml.safe_load((REPO / "params.yaml").read_text()))
-    params["data"].update({"tiers": ["a20", "a50"], "horizons": [1, 2], "context_len": 8,
-                           "min_windows_per_split": 20})
-    return params
+    return shrink(data={"tiers": ["a20", "a50"], "horizons": [1, 2], "context_len": 8, "min_windows_per_split": 20})
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ from common.redact import redact
 from training.search import storage as sc
 from training.search import workers as workers_module
 from training.search.config import StorageConfig
-from training.search.space import ParamConfig, SearchSpace
+from training.search.space import ParamConfig
 from training.search.study import StudySpec, WorkerSettings, build_engine, open_study
 from training.search.tracking import PARENT_ATTR, PARENT_TAG, RUN_ATTR, TRIAL_TAG
 from training.search.workers import Backoff, available_cpus, is_connection_loss, plan_workers, run_workers
@@ -469,13 +469,7 @@ def test_joining_a_study_with_another_search_space_is_refused_and_creates_nothin
     engine.dispose()
 
     open_study(spec, pg_database, settings())  # the first machine created the study
-    wider = SearchSpace.from_config({
-        "lr": ParamConfig("float", 1e-4, 1e-2, log=True),
-        "dropout": ParamConfig("float", 0.0, 0.2),
-        "n_layers": ParamConfig("int", 1, 2),
-        "n_heads": ParamConfig("categorical", choices=[1, 2]),
-        "batch_size": ParamConfig("categorical", choices=[64, 128]),
-    })
+    wider = hpo_tiny.space(lr=ParamConfig("float", 1e-4, 1e-2, log=True))
     other = tiny_spec(data, space=wider)
     with pytest.raises(TierHpoError) as info:
         run_workers(other, data, 8, pg_database, n_workers=2, settings=settings(), join=True)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import copy_repo, shrink
+from conftest import copy_repo
+from shrink import shrink
 from test_pipeline_e2e import BIN, git, sh
 
 pytestmark = pytest.mark.slow

@@ -22,8 +22,9 @@ from types import SimpleNamespace
 import optuna
 import pytest
 import yaml
-from conftest import copy_repo, shrink
+from conftest import copy_repo
 from mlflow.tracking import MlflowClient
+from shrink import shrink
 
 pytestmark = pytest.mark.slow
 

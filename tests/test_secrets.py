@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, make_ohlcv, shrink
+from conftest import REPO, make_ohlcv
+from shrink import shrink
 
 SECRET = "hunter2secret"
 SECRET_QUERY = f"password={SECRET}&sslpassword={SECRET}"
@@ -34,10 +35,9 @@ def _tierhpo(*args: str) -> list[str]:
 def _project(root: Path) -> Path:
     """params.yaml (the real one, shrunk; tiny data; no degenerate-trial rule), dvc.yaml, raw CSV."""
     root.mkdir(parents=True)
-    params = shrink(yaml.safe_load((REPO / "params.yaml").read_text()))
-    params["data"].update({"horizons": [1, 2], "context_len": 8, "min_windows_per_split": 20})
-    params["hpo"].update({"refit_seeds": 1})
-    params["metrics"].update({"pred_std_min": 0.0, "skill_min": -100.0})  # every trial counts: best.json is written
+    params = shrink(data={"horizons": [1, 2], "context_len": 8, "min_windows_per_split": 20},
+                    hpo={"refit_seeds": 1},
+                    metrics={"pred_std_min": 0.0, "skill_min": -100.0})  # every trial counts: best.json is written
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (root / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
     make_ohlcv(800).to_csv(root / "src.csv", index=False)

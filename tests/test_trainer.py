@@ -8,9 +8,10 @@ import io
 import numpy as np
 import pytest
 import torch
+from shrink import train_config as shrunk_train_config
 
-from evaluation.metrics import EPOCH_METRIC_NAMES, METRIC_NAMES
 from common.errors import TierHpoError
+from evaluation.metrics import EPOCH_METRIC_NAMES, METRIC_NAMES
 from training.budget import count_params
 from training.model import ModelConfig
 from training.synthetic import synthetic_tier
@@ -29,8 +30,9 @@ def model_config(data, **overrides) -> ModelConfig:
 
 
 def train_config(**overrides) -> TrainConfig:
-    base = dict(lr=3e-3, batch_size=64, max_epochs=2, patience=2, progress=False, seed=7)
-    return TrainConfig(**{**base, **overrides})
+    """The shrunk train section (tests/shrink.py) at this module's sizes."""
+    return shrunk_train_config(**{"lr": 3e-3, "batch_size": 64, "max_epochs": 2, "patience": 2, "progress": False,
+                                  "seed": 7, **overrides})
 
 
 def test_one_epoch_smoke(tier):
