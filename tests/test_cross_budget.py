@@ -62,7 +62,7 @@ def test_dry_run_prints_the_plan_and_trains_and_writes_nothing(studies, monkeypa
     assert "2K hp at 8K" in out and "8K hp at 2K infeasible: no d_model" in out
     # 2K's diagonal: its refit already trained both fresh seeds; 8K has no refit, so its diagonal trains.
     assert "2K hp at 2K n_features=6 " in out
-    assert f"seeds {fresh_seeds(0, 2)} from refit.json; train seeds [] (one batch); nothing to train" in out
+    assert f"seeds {fresh_seeds(0, 2)} from refit.json; nothing to train" in out
     assert f"train seeds {fresh_seeds(0, 2)} (one batch)" in out  # 2K hyperparameters at 8K
     assert f"train seeds {fresh_seeds(5, 2)} (one batch)" in out  # 8K's diagonal
     assert "2 x 3.0s per trial" in out  # median of the COMPLETE trials' recorded durations (2, 4, 3 s)

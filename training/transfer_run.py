@@ -69,14 +69,15 @@ def format_plan(grid: TransferGrid, cells: list[Cell]) -> str:
         runs = len(c.to_train)
         total_runs, reused = total_runs + runs, reused + len(c.from_refit)
         if not runs:
-            cost = "nothing to train"
+            work = "nothing to train"
         elif c.est_seconds_per_run is None:
-            cost, unknown = "cost unknown (no recorded trial times)", True
+            work, unknown = f"train seeds {c.to_train} (one batch); cost unknown (no recorded trial times)", True
         else:
             total_seconds += runs * c.est_seconds_per_run
-            cost = f"~{runs * c.est_seconds_per_run:.0f}s ({runs} x {c.est_seconds_per_run:.1f}s per trial)"
+            work = (f"train seeds {c.to_train} (one batch); ~{runs * c.est_seconds_per_run:.0f}s "
+                    f"({runs} x {c.est_seconds_per_run:.1f}s per trial)")
         refit = f"seeds {list(c.from_refit)} from refit.json; " if c.from_refit else ""
-        lines.append(f"{head} {shape}; {refit}train seeds {c.to_train} (one batch); {cost}")
+        lines.append(f"{head} {shape}; {refit}{work}")
     est = f"~{total_seconds / 60:.1f} min" + (" + cells without recorded times" if unknown else "")
     lines.append(f"  total: {total_runs} training runs ({reused} seeds read from refit.json), estimated {est}")
     return "\n".join(lines)
