@@ -10,9 +10,9 @@ import pytest
 from fake_study import HORIZON, TIER, make_study, point_at, project, tiny_tier
 from typer.testing import CliRunner
 
-from pipelines import cross_budget as cb
 from common import paths
 from common.errors import TierHpoError
+from pipelines import cross_budget as cb
 from training.budget import Architecture
 from training.model import ModelConfig
 from training.trainer import train

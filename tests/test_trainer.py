@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.metrics import EPOCH_METRIC_NAMES, METRIC_NAMES
 from common.errors import TierHpoError
+from evaluation.metrics import EPOCH_METRIC_NAMES, METRIC_NAMES
 from training.budget import count_params
 from training.model import ModelConfig
 from training.synthetic import synthetic_tier
