@@ -15,7 +15,7 @@ import pytest
 from hpo_tiny import SPACE
 
 from common import config
-from training.search import plots
+from training.search import analysis, plots
 from training.search.config import HpoConfig
 from training.search.space import SearchSpace
 
@@ -70,7 +70,8 @@ def test_png_parallel_coordinate_has_numeric_order_and_no_overlapping_labels(tmp
     from optuna.visualization import matplotlib as ovm
 
     study = study_over(project_space())
-    ax = plots.tidy_parallel_coordinate(ovm.plot_parallel_coordinate(study, target_name="val/auc"))
+    ax = plots.tidy_parallel_coordinate(ovm.plot_parallel_coordinate(study, target_name="val/auc"),
+                                        plots.integer_params(study))
     fig = ax.figure
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
@@ -78,6 +79,8 @@ def test_png_parallel_coordinate_has_numeric_order_and_no_overlapping_labels(tmp
     twins = dict(zip(names[1:], _twin_axes(ax), strict=True))
     assert [t.get_text() for t in twins["batch_size"].get_yticklabels()] == ["64", "128", "256"]
     assert [t.get_text() for t in twins["d_ff_ratio"].get_yticklabels()] == ["1", "2", "4"]
+    layers = [t.get_text() for t in twins["n_layers"].get_yticklabels() if t.get_text()]
+    assert layers and all(x.isdigit() for x in layers), layers  # an int parameter: whole numbers
 
     boxes = []
     for axis_ax in [ax, *twins.values()]:
@@ -104,3 +107,10 @@ def test_write_all_gives_three_pngs_and_one_self_contained_page(tmp_path):
     assert len(re.findall(r"plotly\.js v\d", page)) == 1
     assert not re.search(r"<script[^>]+src=", page)
     assert 3_000_000 < len(page.encode()) < 7_000_000
+
+
+def test_coverage_heatmap_labels_follow_the_numeric_declaration():
+    """Our coverage heatmaps label categorical bins in declared order, which the space keeps low to high."""
+    space = project_space()
+    assert analysis.bin_labels(space["batch_size"], 4) == ["64", "128", "256"]
+    assert analysis.bin_labels(space["patch_len"], 4) == ["4", "8", "16"]

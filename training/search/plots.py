@@ -49,28 +49,39 @@ def _draw(study: optuna.Study, backend: Any) -> dict[str, Callable[[], Any]]:
 
 
 def _log_label(value: float, _pos: Any = None) -> str:
-    """1e-4, 3e-3, 0.01 ... 100: short labels for a log axis (matplotlib's are 10^-4 mathtext plus
+    """1e-4, 3e-3, 0.5 ... 100: short labels for a log axis (matplotlib's are 10^-4 mathtext plus
     unlabelled or crowded minor ticks)."""
     if value <= 0 or not math.isfinite(value):
         return ""
-    if 1e-2 <= value < 1e3:
+    if 0.1 <= value < 1e3:
         return f"{value:.3g}"
     mantissa, exponent = f"{value:.0e}".split("e")
     return f"{mantissa}e{int(exponent)}"
 
 
-def tidy_parallel_coordinate(ax: Any) -> Any:
+def integer_params(study: optuna.Study) -> set[str]:
+    """Names of the study's int parameters (their axes get whole-number ticks)."""
+    from optuna.distributions import IntDistribution
+
+    return {name for t in study.get_trials(deepcopy=False) for name, d in t.distributions.items()
+            if isinstance(d, IntDistribution)}
+
+
+def tidy_parallel_coordinate(ax: Any, integer: set[str] | frozenset[str] = frozenset()) -> Any:
     """Readable tick labels on Optuna's matplotlib parallel coordinates: a width that grows with the
-    number of axes, at most ~5 labels on each numeric axis (log axes labelled at 1-2-5 steps,
+    number of axes, a handful of labels on each numeric axis (log axes at 1-2-5 steps or decades,
     compactly), small labels on a white backing so the lines do not run through them, and axis
-    names rotated clear of each other. Categorical axes keep Optuna's ticks (one per choice)."""
+    names rotated clear of each other. Categorical axes keep Optuna's ticks (one per choice); the
+    axes named in ``integer`` get whole numbers only."""
     from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter, NullLocator
 
     fig = ax.figure
     n_axes = len(ax.get_xticks())
-    fig.set_size_inches(max(10.0, 1.45 * n_axes + 3.0), 6.5)
+    fig.set_size_inches(max(10.0, 1.3 * n_axes + 3.0), 6.5)
     twins = [a for a in fig.axes if a is not ax and ax.get_shared_x_axes().joined(ax, a)]
-    for axis_ax in [ax, *twins]:
+    # Optuna adds one twin per axis after the first, in the order of the axis names below them.
+    names = [label.get_text() for label in ax.get_xticklabels()]
+    for axis_ax, name in zip([ax, *twins], names, strict=False):
         yaxis = axis_ax.yaxis
         if axis_ax.get_yscale() == "log":
             low, high = sorted(axis_ax.get_ylim())
@@ -81,14 +92,17 @@ def tidy_parallel_coordinate(ax: Any) -> Any:
             yaxis.set_minor_locator(NullLocator())
             yaxis.set_minor_formatter(NullFormatter())
         elif axis_ax is ax or not _fixed_ticks(axis_ax):
-            yaxis.set_major_locator(MaxNLocator(nbins=5))
+            yaxis.set_major_locator(MaxNLocator(nbins=5, integer=name in integer))
             yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:.3g}"))
         axis_ax.tick_params(axis="y", labelsize=8)
+    ax.tick_params(axis="x", labelsize=9, labelrotation=20)
+    # Tick labels exist once the new locators have run; style those (ticks made later copy the
+    # font, not the backing box).
+    fig.canvas.draw()
+    for axis_ax in [ax, *twins]:
         for label in axis_ax.get_yticklabels():
             label.set_bbox({"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1.0})
-    ax.tick_params(axis="x", labelsize=9)
     for label in ax.get_xticklabels():
-        label.set_rotation(20)
         label.set_horizontalalignment("right")
     return ax
 
@@ -117,7 +131,7 @@ def write_pngs(study: optuna.Study, folder: Path) -> dict[str, Path]:
                 ax = ax.flat[0] if hasattr(ax, "flat") else ax
                 fig = ax.figure
                 if name == "parallel_coordinate":
-                    tidy_parallel_coordinate(ax)
+                    tidy_parallel_coordinate(ax, integer_params(study))
                 else:
                     fig.set_size_inches(10, 6)
                 path = folder / f"{name}.png"
@@ -164,7 +178,8 @@ def write_html(study: optuna.Study, folder: Path) -> Path | None:
     import plotly.io as pio
 
     parts = [f"<h2>{name.replace('_', ' ')}</h2>\n"
-             + pio.to_html(fig, full_html=False, include_plotlyjs=(i == 0), div_id=name)
+             + pio.to_html(fig, full_html=False, include_plotlyjs=(i == 0), div_id=name,
+                           default_height="560px")
              for i, (name, fig) in enumerate(figs.items())]
     page = ("<!DOCTYPE html>\n<html>\n<head>\n<meta charset=\"utf-8\">\n"
             f"<title>{html.escape(study.study_name)}: Optuna plots</title>\n</head>\n<body>\n"
