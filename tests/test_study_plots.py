@@ -43,19 +43,28 @@ def study_over(space: SearchSpace, n: int = 12, seed: int = 0) -> optuna.Study:
     return study
 
 
+def axis_ticks(fig, name: str) -> tuple[int, list[tuple[float, str]]]:
+    """Optuna's Plotly parallel coordinates draw each axis's ticks as annotations at x = the axis's
+    index: that index and its (height, text) pairs, bottom to top."""
+    index = list(fig.layout.xaxis.ticktext).index(name)
+    return index, sorted((a.y, a.text) for a in fig.layout.annotations if a.x == index)
+
+
 def test_plotly_parallel_coordinate_orders_numeric_categoricals_by_value():
     study = study_over(project_space())
     fig = plots.figures(study)["parallel_coordinate"]
-    dims = {d.label: d for d in fig.data[0].dimensions}
-    assert dims["val/auc"] is not None  # the objective is named, not "Objective Value"
-    for name, choices in (("batch_size", [64, 128, 256]), ("patch_len", [4, 8, 16]), ("n_heads", [1, 2, 4])):
-        dim = dims[name]
-        assert list(dim.ticktext) == [str(c) for c in choices], name  # not "128, 256, 64"
-        assert list(dim.tickvals) == list(range(len(choices)))
-        # each line sits at its own choice's tick (Optuna reorders the rows: compare as multisets)
-        seen = sorted(int(v) for v in dim.values)
-        expected = sorted(choices.index(t.params[name]) for t in study.trials)
-        assert seen == expected, name
+    assert list(fig.layout.xaxis.ticktext)[0] == "val/auc"  # the objective is named, not "Objective Value"
+    lines = [t for t in fig.data if t.customdata is not None]
+    assert len(lines) == len(study.trials)
+    for name, choices in (("batch_size", [64, 128, 256]), ("patch_len", [4, 8, 16]), ("n_heads", [1, 2, 4]),
+                          ("d_ff_ratio", [1, 2, 4])):
+        index, ticks = axis_ticks(fig, name)
+        assert [text for _, text in ticks] == [str(c) for c in choices], name  # not "128, 256, 64"
+        height = {text: y for y, text in ticks}
+        for line in lines:  # each trial's line crosses the axis at its own choice's tick
+            assert line.y[index] == pytest.approx(height[line.customdata[index][1]]), name
+        values = sorted({str(t.params[name]) for t in study.trials}, key=float)
+        assert sorted({line.customdata[index][1] for line in lines}, key=float) == values
 
 
 def _twin_axes(ax):
