@@ -39,8 +39,8 @@ CHECKPOINTS = (10, 20)
 
 
 def study_spec(arm: str, seed: int, data: Any, epochs: int | None, budget: str | None):
-    from evaluation.metrics import MetricsParams
     from common import config
+    from evaluation.metrics import MetricsParams
     from training.budget import ModelParams
     from training.search.config import HpoConfig
     from training.search.study import StudySpec

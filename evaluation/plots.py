@@ -20,8 +20,8 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from sklearn.calibration import calibration_curve  # noqa: E402
 
-from evaluation.metrics import DEFAULT_ECE_BINS  # noqa: E402
 from common import atomic  # noqa: E402
+from evaluation.metrics import DEFAULT_ECE_BINS  # noqa: E402
 
 DPI = 110
 

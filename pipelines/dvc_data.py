@@ -16,6 +16,7 @@ from pathlib import Path
 from common import paths
 from common.errors import TierHpoError
 
+
 def dir_md5(path: str | Path) -> str:
     """The hash DVC records for a directory (``<md5>.dir``), computed with DVC's own dvc-data."""
     from dvc_data.hashfile.build import build

@@ -182,7 +182,7 @@ def refit_best(best: dict, data, seeds: list[int], *, ece_bins: int) -> dict:
         raise TierHpoError(f"refit seed {base.seed} is the study's own seed")
     configs = [dataclasses.replace(base, seed=s, progress=False) for s in seeds]
     results = train_batch([model_cfg] * len(seeds), configs, data, ece_bins=ece_bins)
-    failed = [f"seed {s}: {r.reason}" for s, r in zip(seeds, results) if not r.ok]
+    failed = [f"seed {s}: {r.reason}" for s, r in zip(seeds, results, strict=True) if not r.ok]
     if failed:
         raise TierHpoError(f"refit failed ({'; '.join(failed)})")
     preds = np.stack([r.val_pred for r in results])
@@ -191,13 +191,13 @@ def refit_best(best: dict, data, seeds: list[int], *, ece_bins: int) -> dict:
         "seeds": seeds, "study_seed": base.seed, "trial_number": best.get("trial_number"),
         "model_config": model_cfg.to_dict(), "train_config": base.to_dict() | {"seed": None},
         "members": [{"seed": s, "status": r.status, "best_epoch": r.best_epoch, "epochs_run": r.epochs_run,
-                     **r.val_metrics} for s, r in zip(seeds, results)],
+                     **r.val_metrics} for s, r in zip(seeds, results, strict=True)],
         "ensemble": ensemble,  # mean probability of the seeds
         "val/auc_seed_sd": float(np.std([r.val_metrics["val/auc"] for r in results], ddof=1)) if len(seeds) > 1 else 0.0,
         "train_seconds": max(r.train_seconds for r in results),
-        "_states": {f"seed_{s}": r.state_dict for s, r in zip(seeds, results)},
+        "_states": {f"seed_{s}": r.state_dict for s, r in zip(seeds, results, strict=True)},
         "_val": {"date": data.dates[data.split_ends["val"]], "y": data.labels_of("val"),
-                 **{f"seed_{s}": r.val_pred for s, r in zip(seeds, results)}},
+                 **{f"seed_{s}": r.val_pred for s, r in zip(seeds, results, strict=True)}},
     }
 
 

@@ -31,7 +31,15 @@ import typer
 
 from common import config, limits, paths
 from common.errors import TierHpoError
-from pipelines.dvc_data import cached, dir_md5, dvc_file_path, locked, open_repo, replace_and_track, tracked_md5
+from pipelines.dvc_data import (
+    cached,
+    dir_md5,
+    dvc_file_path,
+    locked,
+    open_repo,
+    replace_and_track,
+    tracked_md5,
+)
 from pipelines.ohlcv import (  # noqa: F401  (re-exported: the stage's public reading API)
     BUNDLED,
     _day,

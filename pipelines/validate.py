@@ -25,7 +25,6 @@ result and the Great Expectations Data Docs (HTML) are under
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -50,9 +49,8 @@ from training.dataset import (
 from training.features import BASE_COLUMNS, tier_features
 from training.inputs import STATIONARY_COLUMNS, TiersConfig, adjusted
 from training.labels import label_name, labels_by_segment
-from training.splits import window_ends
+from training.splits import SPLITS, minimum_rows, window_ends
 from training.validation_record import current_md5s, details_dir, summary_path
-from training.splits import SPLITS, minimum_rows
 
 FLOAT_TYPES = ["float64", "float32"]
 INT_TYPES = ["int8", "int16", "int32", "int64"]

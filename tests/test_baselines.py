@@ -11,11 +11,11 @@ import yaml
 from conftest import make_ohlcv
 from data_project import light_project, run_cli  # noqa: F401
 
-from evaluation.metrics import METRIC_NAMES, classification_metrics
 from common import paths
+from common.errors import TierHpoError
+from evaluation.metrics import METRIC_NAMES, classification_metrics
 from pipelines import ingest
 from pipelines.baselines import MODELS, BaselinesConfig, fit_baselines
-from common.errors import TierHpoError
 from training.synthetic import synthetic_tier
 
 

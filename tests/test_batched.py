@@ -33,14 +33,14 @@ def members(data):
 
 def test_member_equals_model_trained_alone(tier):
     models, trains = members(tier)
-    assert len({group_key(m, t) for m, t in zip(models, trains)}) == 1
+    assert len({group_key(m, t) for m, t in zip(models, trains, strict=True)}) == 1
     batched = train_batch(models, trains, tier)
-    for m, t, b in zip(models, trains, batched):
+    for m, t, b in zip(models, trains, batched, strict=True):
         alone = train(m, t, tier)
         assert (b.status, b.best_epoch, b.epochs_run) == (alone.status, alone.best_epoch, alone.epochs_run)
         assert abs(b.val_metrics["val/auc"] - alone.val_metrics["val/auc"]) <= 1e-6
         assert np.abs(b.val_pred - alone.val_pred).max() < 1e-4
-        for h_b, h_a in zip(b.history, alone.history):
+        for h_b, h_a in zip(b.history, alone.history, strict=True):
             assert abs(h_b["val/auc"] - h_a["val/auc"]) <= 1e-6
             assert h_b["lr"] == pytest.approx(h_a["lr"], rel=1e-12)
         # The returned weights are the member's own network.
@@ -53,7 +53,7 @@ def test_member_equals_model_trained_alone(tier):
 def test_rerun_is_bit_identical_and_batch_size_invariant(tier):
     models, trains = members(tier)
     first, second = train_batch(models, trains, tier), train_batch(models, trains, tier)
-    for a, b in zip(first, second):
+    for a, b in zip(first, second, strict=True):
         assert np.array_equal(a.val_pred, b.val_pred) and a.val_metrics == b.val_metrics
         assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
     (single,) = train_batch(models[2:3], trains[2:3], tier)

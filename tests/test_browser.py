@@ -126,7 +126,7 @@ def study(tmp_path_factory):
         mp.setenv("TIERHPO_OPTUNA_STORAGE", storage)
         data = tiny_data()
         spec = tiny_spec(data)
-        result = run_study(spec, data, 3, storage, settings=settings(mlflow_uri), plots=False)
+        result = run_study(spec, data, 3, storage, settings=settings(mlflow_uri))  # with the parent's plots/
     client = MlflowClient(mlflow_uri)
     runs = {r.info.run_name: r for r in client.search_runs([result.experiment_id])}
     best = client.get_run(result.best_run_id)
@@ -247,3 +247,27 @@ def test_dashboard_study_page_names_the_study_and_its_objective(study, dashboard
     page.get_by_text("val/auc", exact=True).first.wait_for()
     assert "/dashboard/studies/" in page.url
     screenshot(page, "optuna-dashboard-study")
+
+
+def test_parent_run_shows_the_interactive_optuna_page_without_fetching_anything(study, mlflow_ui, page):
+    """plots/optuna_plots.html in MLflow's artifact view (a sandboxed iframe on a blob: URL): the
+    three Plotly figures draw from the embedded plotly.js, the browser asks nothing of any other
+    host, and the parallel coordinates list batch_size by value (64 before 128, not as text)."""
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    result = study["result"]
+    page.goto(mlflow_ui.url + ml_view(f"#/experiments/{result.experiment_id}/runs/{result.parent_run_id}"
+                                      "/artifactPath/plots/optuna_plots.html"))
+    frame = page.frame_locator("iframe.mlflow-html-iframe")
+    plots = frame.locator(".js-plotly-plot")
+    frame.locator("#parallel_coordinate .main-svg").first.wait_for()
+    assert plots.count() == 3
+    # Optuna draws each axis's ticks as annotations at x = the axis's index, bottom to top
+    ticks = frame.locator("#parallel_coordinate").evaluate(
+        """el => { const axis = el.layout.xaxis.ticktext.indexOf("batch_size");
+                   return el.layout.annotations.filter(a => a.x === axis).sort((a, b) => a.y - b.y)
+                            .map(a => a.text); }""")
+    assert ticks == ["64", "128"]
+    foreign = [u for u in requests if not u.startswith((mlflow_ui.url, "blob:", "data:", "about:"))]
+    assert not foreign, foreign
+    screenshot(page, "mlflow-parent-optuna-plots")

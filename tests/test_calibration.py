@@ -9,6 +9,7 @@ import pytest
 from scipy.special import expit
 from sklearn.metrics import log_loss, roc_auc_score
 
+from common.errors import TierHpoError
 from evaluation.calibration import (
     METHODS,
     CalibrationConfig,
@@ -17,7 +18,6 @@ from evaluation.calibration import (
     fit_calibrator,
     sklearn_calibrator,
 )
-from common.errors import TierHpoError
 
 
 def miscalibrated(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common.errors import TierHpoError
+from training.feature_docs import feature_table_markdown
 from training.features import (
     FEATURE_NAMES,
     FEATURES,
@@ -22,7 +23,6 @@ from training.features import (
     compute_features,
     tier_features,
 )
-from training.feature_docs import feature_table_markdown
 from training.labels import make_labels
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "features.md"

@@ -111,7 +111,7 @@ def test_one_parent_with_a_nested_run_per_trial(finished):
         assert "| axis |" in table.read()
     assert not [k for k in parent.data.metrics if k.startswith("coverage/")]
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
-    assert {"plots/optimization_history.png", "plots/parallel_coordinate.png"} <= plots
+    assert {"plots/optimization_history.png", "plots/parallel_coordinate.png", "plots/optuna_plots.html"} <= plots
 
     runs = child_runs(client, result.parent_run_id)
     trials = finished["study"].get_trials()

@@ -12,8 +12,8 @@ from conftest import make_ohlcv
 from data_project import make_project, project, run_cli  # noqa: F401  (fixture used by name)
 
 from common import paths
-from pipelines import ingest
 from common.errors import TierHpoError
+from pipelines import ingest
 from training.dataset import load_data_config
 
 pytestmark = pytest.mark.filterwarnings("ignore:_NoneStep.value:DeprecationWarning")

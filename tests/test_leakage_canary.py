@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import build_validated_tier, copy_repo
 
 pytestmark = pytest.mark.slow

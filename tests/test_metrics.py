@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from common.errors import TierHpoError
 from evaluation.metrics import (
     EPOCH_METRIC_NAMES,
     METRIC_NAMES,
@@ -15,7 +16,6 @@ from evaluation.metrics import (
     degeneracy,
     expected_calibration_error,
 )
-from common.errors import TierHpoError
 
 Y = np.array([0, 0, 1, 1])
 P = np.array([0.15, 0.65, 0.45, 0.85])

@@ -14,10 +14,10 @@ import urllib.request
 from pathlib import Path
 
 import optuna
+import pg_fixtures
 import pytest
 from sqlalchemy.engine import make_url
 
-import pg_fixtures
 from training.search import storage as sc
 
 postgres_server = pg_fixtures.postgres_server

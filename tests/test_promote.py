@@ -24,8 +24,8 @@ import torch
 from fake_study import HORIZON, TIER, make_study, point_at, project
 
 from common import paths
-from pipelines import promote as pm
 from common.errors import TierHpoError
+from pipelines import promote as pm
 from training.budget import Architecture
 from training.synthetic import synthetic_tier
 

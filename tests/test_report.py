@@ -9,6 +9,7 @@ import re
 import sys
 from pathlib import Path
 
+import fake_grid
 import numpy as np
 import optuna
 import pandas as pd
@@ -16,7 +17,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-import fake_grid
 from common import paths
 from common.errors import TierHpoError
 from evaluation import stats

@@ -53,6 +53,8 @@ def test_unit_coordinate_round_trips_and_uses_log_scale(space):
         ({"type": "float", "low": 2.0, "high": 1.0}, "must be <="),
         ({"type": "categorical", "choices": []}, "non-empty 'choices'"),
         ({"type": "categorical", "choices": [1, 2], "low": 1}, "takes only 'choices'"),
+        # numbers low to high (forced extremes, coverage bins and plots read the declared order)
+        ({"type": "categorical", "choices": [128, 64, 256]}, r"low to high: \[128, 64, 256\] -> \[64, 128, 256\]"),
         ({"type": "int", "low": 1}, "needs 'low' and 'high'"),
         ({"type": "float", "low": 0.0, "high": 1.0, "step": 2}, "'step' is for int"),
     ],
@@ -144,3 +146,8 @@ def test_bin_draw_lands_in_the_bin(space):
     for p in space.params:
         for b in range(p.n_bins(5)):
             assert p.bin_of(p.bin_draw(b, 5, rng), 5) == b
+
+
+def test_non_numeric_choices_keep_any_declared_order():
+    space = SearchSpace.from_config({"norm": ParamConfig("categorical", choices=["revin", "global"])})
+    assert space["norm"].choices == ("revin", "global")

@@ -21,8 +21,8 @@ import pytest
 import torch
 from mlflow.exceptions import MlflowException
 
-from evaluation.calibration import Calibrator
 from common import paths
+from evaluation.calibration import Calibrator
 from training.model import ModelConfig, PatchTSTClassifier
 from training.serving import WINDOW_ID, ServingSpec, TierHpoPyfunc, model_kwargs
 

@@ -12,8 +12,8 @@ from conftest import make_ohlcv
 from data_project import TINY_DATA, light_project, run_cli, tiny_data, write_params  # noqa: F401
 
 from common import config, paths
-from pipelines import ingest
 from common.errors import TierHpoError
+from pipelines import ingest
 from pipelines.tiers import TiersConfig, build_tier
 from training.dataset import DataConfig, load_tier
 from training.features import WARMUP_ROWS, tier_features

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import shutil
 import sys
+from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from common import paths
@@ -75,7 +77,7 @@ def test_relocated_copy_loads_models_after_the_original_is_deleted(isolated_stor
     assert moved.get_model_version_download_uri("tierhpo-reloc", "1").startswith(copy.as_uri() + "/")
     (tmp_path / "dl").mkdir()
     note = moved.download_artifacts(run.info.run_id, "note.txt", str(tmp_path / "dl"))
-    assert open(note).read() == "hello"
+    assert Path(note).read_text() == "hello"
     assert not original.exists(), "loading from the copy wrote into the original store"
     assert str(original) not in "".join(p.read_text() for p in copy.rglob("MLmodel"))
 
@@ -93,8 +95,9 @@ def test_unrelocated_copy_still_points_at_the_original(isolated_stores, tmp_path
     shutil.copytree(original, copy)
     shutil.rmtree(original)
     uri = point_at(monkeypatch, copy)
-    with pytest.raises(Exception):
+    with pytest.raises(MlflowException, match="No such artifact") as gone:  # the original's folder is gone
         load_and_predict(uri)
+    assert gone.value.error_code == "RESOURCE_DOES_NOT_EXIST"
 
 
 def test_wrong_from_is_one_line(isolated_stores, tmp_path, monkeypatch, capsys):

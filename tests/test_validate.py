@@ -11,10 +11,10 @@ from conftest import make_ohlcv
 from data_project import VALIDATE, light_project, run_cli, write_params  # noqa: F401
 
 from common import paths
-from pipelines import ingest
 from common.errors import TierHpoError
-from training.validation_record import details_dir, ensure_validated, summary_path
+from pipelines import ingest
 from training.dataset import load_tier
+from training.validation_record import details_dir, ensure_validated, summary_path
 
 
 @pytest.fixture

@@ -35,8 +35,17 @@ from common.errors import TierHpoError
 from evaluation.metrics import DEFAULT_ECE_BINS, EPOCH_METRIC_NAMES, classification_metrics
 from training.dataset import TierData
 from training.model import ModelConfig, PatchTSTClassifier, count_parameters
-from training.trainer import (EpochReport, SplitWindows, TrainConfig, TrainResult, _autocast, _check_compatible,
-                              _sigmoid, _training_attention, resolve_device)
+from training.trainer import (
+    EpochReport,
+    SplitWindows,
+    TrainConfig,
+    TrainResult,
+    _autocast,
+    _check_compatible,
+    _sigmoid,
+    _training_attention,
+    resolve_device,
+)
 
 SHARED_MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name != "dropout")
 SHARED_TRAIN_FIELDS = ("batch_size", "max_epochs", "device", "eval_batch_size")
@@ -74,7 +83,7 @@ class StackedAdamW:
         bc1, bc2_sqrt = 1 - b1 ** self.t, math.sqrt(1 - b2 ** self.t)
         with torch.no_grad():
             grads = [p.grad for p in self.params]
-            for p, d in zip(self.params, self.decay):
+            for p, d in zip(self.params, self.decay, strict=True):
                 if d:
                     p.mul_(_bcast(1 - lr * self.wd, p))
             torch._foreach_lerp_(self.m, grads, 1 - b1)
@@ -100,7 +109,7 @@ def _stack_members(model_cfgs: Sequence[ModelConfig], seeds: Sequence[int], devi
     """Build each member as ``trainer.train`` would (same seed, same init); return the stacked
     parameters by name, the decay flags and each member's dropout generator (state after init)."""
     states, gens, n_params = [], [], 0
-    for cfg, seed in zip(model_cfgs, seeds):
+    for cfg, seed in zip(model_cfgs, seeds, strict=True):
         torch.manual_seed(seed)
         module = PatchTSTClassifier(cfg)
         n_params = count_parameters(module)
@@ -178,7 +187,7 @@ class StackedForward:
         if dropout is None or not any(dropout):
             return x
         noise = torch.ones_like(x)
-        for j, (rate, gen) in enumerate(zip(dropout, gens)):
+        for j, (rate, gen) in enumerate(zip(dropout, gens, strict=True)):
             if rate > 0:
                 target = noise[j].transpose(0, 1) if tokens_major else noise[j]
                 mask = torch.empty(target.shape, dtype=x.dtype, device=x.device)
@@ -216,7 +225,7 @@ def train_batch(
     k_all = len(model_cfgs)
     if k_all == 0 or len(train_cfgs) != k_all or (on_epoch is not None and len(on_epoch) != k_all):
         raise TierHpoError("train_batch needs one model config, train config (and callback) per member")
-    if len({group_key(m, t) for m, t in zip(model_cfgs, train_cfgs)}) != 1:
+    if len({group_key(m, t) for m, t in zip(model_cfgs, train_cfgs, strict=True)}) != 1:
         raise TierHpoError("train_batch members must share the structure, batch_size and max_epochs (group_key)")
     for cfg in model_cfgs:
         _check_compatible(cfg, data)

@@ -32,8 +32,8 @@ from scipy.special import expit
 from torch import nn
 from tqdm.auto import tqdm
 
-from evaluation.metrics import DEFAULT_ECE_BINS, EPOCH_METRIC_NAMES, classification_metrics
 from common.errors import TierHpoError
+from evaluation.metrics import DEFAULT_ECE_BINS, EPOCH_METRIC_NAMES, classification_metrics
 from training.dataset import TierData
 from training.model import ModelConfig, PatchTSTClassifier, count_parameters
 

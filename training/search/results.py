@@ -1,4 +1,4 @@
-"""The end of a ``tierhpo hpo`` run: study summary, best trial, Optuna plots, the parent run's final
+"""The end of a ``tierhpo hpo`` run: study summary, best trial, Optuna plots (PNG + HTML), the parent run's final
 state, and the DVC outputs (``best.json``, ``model.pt``, ``metrics.json``, ``trials.csv``).
 
 The best trial is the highest objective among *useful* COMPLETE trials (not degenerate, not a
@@ -15,7 +15,6 @@ import math
 import os
 import shutil
 import tempfile
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from common import atomic, provenance
 from common.errors import TierHpoError
 from common.redact import redact
 from training.budget import parse_budget
+from training.search import plots as study_plots
 from training.search import waste
 from training.search.analysis import param_importance  # the one importance computation (PED-ANOVA)
 from training.search.tracking import RUN_ATTR
@@ -114,39 +114,19 @@ def study_metrics(trials: list[FrozenTrial], n_trials: int, best: FrozenTrial | 
     return out
 
 
-def _plots(study: optuna.Study, folder: Path) -> tuple[dict[str, Path], dict[str, float]]:
-    """Optimisation history, parameter importances (Optuna's default PED-ANOVA) and parallel
-    coordinates as PNGs. A plot that cannot be drawn yet (e.g. importances need two complete
-    trials with different values) is skipped with a warning, never fails the study."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as ovm
-
-    out: dict[str, Path] = {}
+def _plots(study: optuna.Study, folder: Path) -> tuple[list[Path], dict[str, float]]:
+    """The parent run's ``plots/`` artifacts (``training.search.plots``: a PNG of the optimisation
+    history, parameter importances and parallel coordinates, and one interactive HTML page of the
+    three) and Optuna's default (PED-ANOVA) importances. A plot that cannot be drawn yet is
+    skipped with a warning, never fails the study."""
+    files = study_plots.write_all(study, folder)
     importances: dict[str, float] = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        for name, draw in (("optimization_history", ovm.plot_optimization_history),
-                           ("param_importances", ovm.plot_param_importances),
-                           ("parallel_coordinate", ovm.plot_parallel_coordinate)):
-            try:
-                ax = draw(study)
-                fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
-                fig.set_size_inches(10, 6)
-                path = folder / f"{name}.png"
-                fig.savefig(path, dpi=100, bbox_inches="tight")
-                plt.close(fig)
-                out[name] = path
-            except (ValueError, RuntimeError, ZeroDivisionError, IndexError) as exc:
-                log.warning("skipping the %s plot: %s", name, exc)
     found = param_importance(study)
     if found["available"]:
         importances = found["importances"]
     else:
         log.warning("no parameter importances yet: %s", found["reason"])
-    return out, importances
+    return files, importances
 
 
 def finalize_study(handle: Any, n_trials: int, *, plots: bool = True, status: str = "FINISHED") -> StudyResult:
@@ -158,7 +138,7 @@ def finalize_study(handle: Any, n_trials: int, *, plots: bool = True, status: st
     study.set_user_attr("coverage", coverage.to_json())  # a record; the source of truth is the trials
     metrics = study_metrics(trials, n_trials, best, coverage.overall)
     with tempfile.TemporaryDirectory() as tmp:
-        pngs, importances = _plots(study, Path(tmp)) if plots else ({}, {})
+        files, importances = _plots(study, Path(tmp)) if plots else ([], {})
         parent_metrics = {k: v for k, v in metrics.items()
                           if isinstance(v, (int, float)) and v is not None and math.isfinite(float(v))}
         parent_metrics.update({f"importance/{k}": v for k, v in importances.items()})
@@ -169,7 +149,7 @@ def finalize_study(handle: Any, n_trials: int, *, plots: bool = True, status: st
                 "wasted_fraction": f"{metrics['hpo/wasted_fraction']:.4f}"}
         summary = {"metrics": metrics, "wasted": waste.summarize(trials), "importances": importances,
                    "best_params": best.params if best else None}
-        tracking.finish_parent(status, parent_metrics, tags, artifacts=[("plots", p) for p in pngs.values()],
+        tracking.finish_parent(status, parent_metrics, tags, artifacts=[("plots", p) for p in files],
                                dicts={"summary.json": summary, "coverage.json": coverage.to_json()},
                                texts={"coverage.md": coverage.to_markdown()})
     if best is None:

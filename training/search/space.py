@@ -70,7 +70,15 @@ class Param:
             extra = [k for k in ("low", "high", "step") if getattr(cfg, k) is not None]
             if extra or cfg.log:
                 raise TierHpoError(f"hpo.space.{name}: a categorical parameter takes only 'choices' (got {extra or ['log']})")
-            return cls(name, "categorical", choices=tuple(cfg.choices or ()))
+            choices = tuple(cfg.choices or ())
+            # Numbers listed low to high: forced extremes and coverage bins read the declared order as
+            # low -> high, and so do the plots that keep it (optuna-dashboard, coverage heatmaps).
+            # Checked on the declaration only: a stored study's distributions are read as they are.
+            numeric = all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in choices)
+            if numeric and list(choices) != sorted(choices):
+                raise TierHpoError(f"hpo.space.{name}: numeric 'choices' must be listed low to high: "
+                                   f"{list(choices)} -> {sorted(choices)}")
+            return cls(name, "categorical", choices=choices)
         if cfg.choices is not None:
             raise TierHpoError(f"hpo.space.{name}: 'choices' is for categorical parameters only")
         if cfg.step is not None and cfg.type != "int":
