@@ -51,3 +51,23 @@ def test_the_model_confidence_set_keeps_the_best_and_drops_the_clearly_worse():
     kept = mcs_set(cmp.losses(["best", "noise"]), block=cmp.block_length, reps=300)
     assert kept == ["best"]
     assert isinstance(cmp.losses(["best"]), pd.DataFrame)
+
+
+def test_holm_family_intervals_agree_with_the_adjusted_readings():
+    """Each difference's interval is at the level its Holm step tests it at, so an interval excludes 0
+    exactly where the Holm-adjusted p is below alpha (issue 12: one adjustment for both)."""
+    agreements, mixed = 0, 0
+    for seed in range(6):
+        cmp = _comparison({"best": 1.6, "near": 1.5, "mid": 1.0, "far": 0.3}, days=750, seed=seed)
+        family = cmp.holm_family([("best", "near"), ("best", "mid"), ("best", "far")])
+        raw = [cmp.diff("best", n) for n in ("near", "mid", "far")]
+        for d, r in zip(family, raw, strict=True):
+            assert d.estimate == r.estimate and d.p_value == r.p_value
+            assert d.low <= r.low and d.high >= r.high  # never narrower than the unadjusted interval
+            assert 0.95 <= d.level < 1
+            assert d.excludes_zero() == (d.p_adjusted < cmp.alpha)
+            agreements += 1
+        significant = {d.p_adjusted < cmp.alpha for d in family}
+        mixed += len(significant) == 2
+        assert cmp.holm([("best", "near"), ("best", "mid"), ("best", "far")]) == [d.p_adjusted for d in family]
+    assert agreements == 18 and mixed >= 1, "the worlds should give both significant and non-significant pairs"
