@@ -18,9 +18,9 @@ Block length (``block_length``)
     every difference of a comparison.
 
 ``percentile_p``
-    The two-sided percentile-bootstrap p-value that matches the percentile interval: twice the
-    smaller share of resampled differences on either side of zero, with the ``(1 + count) /
-    (1 + reps)`` correction, so "the interval excludes 0" and "p < alpha" agree.
+    The two-sided percentile-bootstrap p-value that is the exact dual of the percentile interval
+    (numpy's interpolated quantiles), so "the interval excludes 0" and "p < alpha" agree at every
+    level, which is what lets a Holm family's intervals follow its adjusted readings.
 """
 
 from __future__ import annotations
@@ -91,8 +91,26 @@ def resample_indices(n: int, reps: int, block: int, seed: int = 0, method: str =
 
 
 def percentile_p(d: np.ndarray) -> float:
-    """Two-sided bootstrap p-value for H0: difference = 0, consistent with the percentile interval."""
+    """Two-sided bootstrap p-value for H0: difference = 0, the exact dual of the percentile interval
+    ``np.quantile(d, [a / 2, 1 - a / 2])`` (numpy's default linear interpolation): the interval at
+    level ``1 - a`` excludes 0 exactly when ``p < a``, for every ``a`` above the floor
+    ``1 / (reps + 1)``. Hand-written because that duality is what lets a family's intervals and its
+    adjusted readings agree (``seed_bootstrap.Comparison.holm_family``); a count-based p-value
+    (``(1 + count) / (1 + reps)``) disagrees with the interpolated quantiles near the boundary."""
+    d = np.sort(np.asarray(d, dtype=np.float64).ravel())
     n = len(d)
-    below = (1 + np.count_nonzero(d <= 0)) / (1 + n)
-    above = (1 + np.count_nonzero(d >= 0)) / (1 + n)
-    return float(min(1.0, 2 * min(below, above)))
+    if n < 2:
+        return 1.0
+
+    def crossing(k: int) -> float:
+        """Quantile level where the interpolated quantile function passes 0 between d[k-1] and d[k]."""
+        if k == 0:
+            return 0.0
+        if k == n:
+            return 1.0
+        lo, hi = d[k - 1], d[k]
+        return (k - 1 + (0.0 - lo) / (hi - lo)) / (n - 1)
+
+    q_hi = crossing(int(np.count_nonzero(d <= 0)))  # quantile(q) > 0 exactly for q > q_hi
+    q_lo = crossing(int(np.count_nonzero(d < 0)))  # quantile(q) < 0 exactly for q < q_lo
+    return float(min(1.0, max(2 * min(q_hi, 1 - q_lo), 1.0 / (n + 1))))

@@ -65,6 +65,8 @@ class Interval:
     low: float
     high: float
     p_value: float | None = None
+    p_adjusted: float | None = None  # family-wise (Holm) p-value, when the interval is one of a family
+    level: float | None = None  # coverage of [low, high] when it is not 1 - alpha (a family's interval)
 
     def excludes_zero(self) -> bool:
         return self.low > 0 or self.high < 0
@@ -146,19 +148,50 @@ class Comparison:
         lo, hi = np.quantile(boot, [self.alpha / 2, 1 - self.alpha / 2])
         return Interval(point, float(lo), float(hi))
 
-    def diff(self, a: str, b: str) -> Interval:
-        """AUC(a) - AUC(b) of the seed-mean scores, paired on the same resampled days."""
+    def diff(self, a: str, b: str, alpha: float | None = None) -> Interval:
+        """AUC(a) - AUC(b) of the seed-mean scores, paired on the same resampled days; the
+        interval at ``1 - alpha`` (default: the comparison's alpha)."""
+        alpha = self.alpha if alpha is None else alpha
         point = self.point(a) - self.point(b)
         d = _centred(self.bootstrap(a) - self.bootstrap(b), point)
-        lo, hi = np.quantile(d, [self.alpha / 2, 1 - self.alpha / 2])
+        lo, hi = np.quantile(d, [alpha / 2, 1 - alpha / 2])
         return Interval(point, float(lo), float(hi), percentile_p(d))
+
+    def holm_family(self, pairs: Sequence[tuple[str, str]]) -> list[Interval]:
+        """``diff(a, b)`` for each pair, in order, with Holm-adjusted p-values and intervals whose
+        level is the one the Holm step-down tests that pair at, so an interval excludes 0 when
+        (up to the bootstrap's discreteness) its adjusted p is below alpha (issue 12: intervals and readings, one adjustment).
+
+        Holm tests the j-th smallest raw p at ``alpha / (m - j + 1)`` and stops at the first
+        failure f; a pair after f is shown at f's level. By the duality of ``percentile_p`` with
+        the percentile interval on one distribution, a rejected pair's interval then excludes 0
+        and every other pair's includes it. Hand-written because statsmodels' ``multipletests``
+        adjusts p-values only; simultaneous Holm intervals in closed form do not exist, and
+        Bonferroni intervals (all at ``alpha / m``) would disagree with Holm's readings.
+        """
+        if not pairs:
+            return []
+        raw = [self.diff(a, b) for a, b in pairs]
+        adjusted = multipletests([d.p_value for d in raw], alpha=self.alpha, method="holm")[1]
+        m = len(pairs)
+        order = sorted(range(m), key=lambda i: raw[i].p_value)
+        levels, failed_at = [0.0] * m, None
+        for step, i in enumerate(order):
+            level = self.alpha / (m - step)
+            if failed_at is None and raw[i].p_value >= level:
+                failed_at = level
+            levels[i] = failed_at if failed_at is not None else level
+        out = []
+        for (a, b), level, p_adj in zip(pairs, levels, adjusted, strict=True):
+            d = self.diff(a, b, alpha=level)
+            out.append(Interval(d.estimate, d.low, d.high, d.p_value, float(p_adj), 1 - level))
+        return out
 
     def holm(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         """Holm-adjusted p-values of ``diff(a, b)`` for each ``(a, b)`` in ``pairs``, in order."""
         if not pairs:
             return []
-        raw = [self.diff(a, b).p_value for a, b in pairs]
-        return [float(p) for p in multipletests(raw, alpha=self.alpha, method="holm")[1]]
+        return [float(d.p_adjusted) for d in self.holm_family(pairs)]
 
     def losses(self, names: Sequence[str] | None = None) -> pd.DataFrame:
         """(n_days, models) log loss of each day's seed-mean probability (for MCS and SPA)."""

@@ -59,12 +59,10 @@ def _steps(cmp: Comparison, order: Sequence[str]) -> list[dict[str, Any]]:
     if len(order) < 2:
         raise ValueError(f"a verdict needs at least two models in order, got {list(order)}")
     pairs = [(order[i + 1], order[i]) for i in range(len(order) - 1)]
-    holm = cmp.holm(pairs)
     out = []
-    for (hi, lo), p_holm in zip(pairs, holm, strict=True):
-        d = cmp.diff(hi, lo)
-        sign = 0 if p_holm >= cmp.alpha else (1 if d.estimate > 0 else -1)
-        out.append({"larger": hi, "smaller": lo, **d.to_dict(), "p_holm": p_holm, "sign": sign})
+    for (hi, lo), d in zip(pairs, cmp.holm_family(pairs), strict=True):  # intervals at their Holm step's level
+        sign = 0 if d.p_adjusted >= cmp.alpha else (1 if d.estimate > 0 else -1)
+        out.append({"larger": hi, "smaller": lo, **d.to_dict(), "p_holm": d.p_adjusted, "sign": sign})
     return out
 
 

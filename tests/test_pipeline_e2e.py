@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import http_serving
 import optuna
 import pytest
 import yaml
@@ -124,15 +125,20 @@ def test_mlflow_run_runs_the_grid_with_nested_runs_and_one_candidate(tiny):
     assert ("champion" in aliases) == verdicts["gate"]["passed"]
     summary = (tiny.repo / "reports" / "summary.md").read_text()
     assert f"{verdicts['best']['tier']}/{verdicts['best']['budget']}" in summary or verdicts["best"]["tier"] in summary
-    served = sh([sys.executable, "-c", SERVE_CANDIDATE], tiny.repo, tiny.env)
+    served = sh([sys.executable, "-c", SERVE_CANDIDATE, str(tiny.root / "window.json")], tiny.repo, tiny.env)
     probs = json.loads(next(line for line in served.splitlines() if line.startswith("PROBS "))[6:])
     assert len(probs) == 3 and all(0 < p < 1 for p in probs)
+    # The README's command: `mlflow models serve` of the symbol's alias answers over HTTP, the same numbers.
+    window = json.loads((tiny.root / "window.json").read_text())
+    with http_serving.served("models:/tierhpo-SPY-h1@candidate", BIN, tiny.repo, tiny.env, tiny.root / "serve.log") as url:
+        answer = http_serving.post_json(f"{url}/invocations", window)
+    assert [row["probability"] for row in answer["predictions"]] == pytest.approx(probs, rel=1e-6)
     assert "up to date" in sh(["dvc", "status"], tiny.repo, tiny.env)
 
 
 # The README's serving path: the grid's candidate, loaded by alias, on raw tier rows of three windows.
 SERVE_CANDIDATE = """
-import json, numpy as np, pandas as pd, mlflow
+import json, sys, numpy as np, pandas as pd, mlflow
 from training.dataset import load_tier
 mv = mlflow.MlflowClient().get_model_version_by_alias("tierhpo-SPY-h1", "candidate")
 data = load_tier("SPY", mv.tags["tier"], 1)
@@ -142,6 +148,7 @@ frame = pd.DataFrame(raw.reshape(-1, data.n_features), columns=list(data.feature
 frame["window_id"] = np.repeat(np.arange(3), data.context_len)
 model = mlflow.pyfunc.load_model("models:/tierhpo-SPY-h1@candidate")
 print("PROBS", json.dumps([float(p) for p in model.predict(frame)["probability"]]))
+json.dump({"dataframe_split": frame.to_dict(orient="split")}, open(sys.argv[1], "w"))
 """
 
 

@@ -96,7 +96,7 @@ def test_summary_leads_with_the_grid_answer(project):
     # each baseline with its reading, test and adjusted p
     assert "**beats** volatility (Parkinson 5d) (+0.0300 [+0.0040, +0.0560], p = 0.012)" in opening
     assert "**does not beat** logistic regression" in opening and "**does not beat** gradient boosting" in opening
-    assert "two-level bootstrap, paired AUC difference, holm-adjusted" in opening
+    assert "two-level bootstrap, paired AUC difference, holm-adjusted p-values, each interval at the level of its holm step" in opening
     assert "a20 **monotonic**, a50 **inconclusive**" in opening
     assert "2K **inconclusive**, 20K **more features help**, 200K **inconclusive**" in opening
     assert "Model confidence set (90 %): a20/200K, a50/200K." in opening

@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -19,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from http_serving import post_json, served
 from mlflow.exceptions import MlflowException
 
 from common import paths
@@ -143,18 +138,6 @@ def test_model_loads_from_code_without_pickles(saved_model):
     assert "model_code_path" in mlmodel and "python_model.pkl" not in mlmodel
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def post_json(url: str, payload: dict, timeout: float = 10) -> dict:
-    req = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        return json.loads(resp.read())
-
-
 @pytest.mark.slow
 def test_registered_model_is_served_over_http(tiny_model, tmp_path):
     """`mlflow models serve models:/...@champion --env-manager local` answers /invocations."""
@@ -167,46 +150,15 @@ def test_registered_model_is_served_over_http(tiny_model, tmp_path):
     version = mlflow.register_model(info.model_uri, "tierhpo-a20-h1-1K")
     client.set_registered_model_alias("tierhpo-a20-h1-1K", "champion", version.version)
 
-    port = free_port()
-    venv_bin = Path(sys.executable).parent  # `mlflow models serve` execs `uvicorn` from PATH
-    env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
-           "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
-    log = (tmp_path / "serve.log").open("w")
-    server = subprocess.Popen(
-        [str(venv_bin / "mlflow"), "models", "serve", "-m", "models:/tierhpo-a20-h1-1K@champion", "--env-manager", "local",
-         "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=log,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            assert time.monotonic() < deadline, "server did not come up: " + (tmp_path / "serve.log").read_text()[-3000:]
-            time.sleep(1)
+    venv_bin = Path(sys.executable).parent
+    with served("models:/tierhpo-a20-h1-1K@champion", venv_bin, tmp_path, dict(os.environ), tmp_path / "serve.log") as url:
         batch = pd.concat([raw_rows(L, seed=s).assign(**{WINDOW_ID: s}) for s in range(3)], ignore_index=True)
-        answer = post_json(f"http://127.0.0.1:{port}/invocations", {"dataframe_split": batch.to_dict(orient="split")})
+        answer = post_json(f"{url}/invocations", {"dataframe_split": batch.to_dict(orient="split")})
         p = np.asarray([row["probability"] for row in answer["predictions"]], dtype=np.float64)
         assert not any(row["outside_training_range"] for row in answer["predictions"])
         assert p.shape == (3,) and np.all((p >= 0) & (p <= 1))
         ref = expected(spec, net, np.stack([raw_rows(L, seed=s).to_numpy() for s in range(3)]))
         np.testing.assert_allclose(p, ref, rtol=1e-5)
         with pytest.raises(urllib.error.HTTPError) as bad:  # a short window is a client error, not a crash
-            post_json(f"http://127.0.0.1:{port}/invocations", {"dataframe_split": raw_rows(3).to_dict(orient="split")})
+            post_json(f"{url}/invocations", {"dataframe_split": raw_rows(3).to_dict(orient="split")})
         assert bad.value.code == 400
-    finally:
-        # The server may have died already; the assertion above then says why, not this kill.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=20)
-        log.close()

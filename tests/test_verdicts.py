@@ -51,3 +51,43 @@ def test_the_model_confidence_set_keeps_the_best_and_drops_the_clearly_worse():
     kept = mcs_set(cmp.losses(["best", "noise"]), block=cmp.block_length, reps=300)
     assert kept == ["best"]
     assert isinstance(cmp.losses(["best"]), pd.DataFrame)
+
+
+def test_holm_family_intervals_agree_with_the_adjusted_readings():
+    """Each difference's interval is at the level its Holm step tests it at, so an interval excludes 0
+    exactly where the Holm-adjusted p is below alpha (issue 12: one adjustment for both)."""
+    agreements, mixed = 0, 0
+    for seed in range(6):
+        cmp = _comparison({"best": 1.6, "near": 1.5, "mid": 1.0, "far": 0.3}, days=750, seed=seed)
+        family = cmp.holm_family([("best", "near"), ("best", "mid"), ("best", "far")])
+        raw = [cmp.diff("best", n) for n in ("near", "mid", "far")]
+        for d, r in zip(family, raw, strict=True):
+            assert d.estimate == r.estimate and d.p_value == r.p_value
+            assert d.low <= r.low and d.high >= r.high  # never narrower than the unadjusted interval
+            assert 0.95 <= d.level < 1
+            assert d.excludes_zero() == (d.p_adjusted < cmp.alpha)
+            agreements += 1
+        significant = {d.p_adjusted < cmp.alpha for d in family}
+        mixed += len(significant) == 2
+        assert cmp.holm([("best", "near"), ("best", "mid"), ("best", "far")]) == [d.p_adjusted for d in family]
+    assert agreements == 18 and mixed >= 1, "the worlds should give both significant and non-significant pairs"
+
+
+def test_the_bootstrap_p_value_is_the_exact_dual_of_the_percentile_interval():
+    """p < a exactly when the interpolated percentile interval at 1 - a excludes 0, at every level
+    (the count-based p-value disagreed near the boundary with 200 resamples)."""
+    from evaluation.auc import percentile_p
+
+    rng = np.random.default_rng(0)
+    checked = 0
+    for trial in range(400):
+        n = int(rng.integers(50, 400))
+        d = rng.normal(rng.normal() * 2, 1, size=n)
+        if trial % 7 == 0:
+            d[: int(rng.integers(1, n))] = 0.0  # ties at zero (identical models on many resamples)
+        p = percentile_p(d)
+        for a in (a for a in (0.05, 0.025, 1 / 60, 0.0125) if a > 1 / (n + 1)):  # above the p floor
+            lo, hi = np.quantile(d, [a / 2, 1 - a / 2])
+            assert (lo > 0 or hi < 0) == (p < a), (trial, a, p, lo, hi)
+            checked += 1
+    assert checked > 1500 and percentile_p(np.zeros(100)) == 1.0

@@ -20,7 +20,9 @@ Schema (JSON object):
 * ``gate``: ``{passed, reason, spa_p, baseline}``;
 * ``trial_spread_val``: ``{"<tier>/<budget>": sd of the top-5 trials' val AUC}``.
 
-``Interval``: ``{estimate, low, high}`` plus, for differences, ``p_value`` and ``p_adjusted``.
+``Interval``: ``{estimate, low, high}`` plus, for differences, ``p_value`` and ``p_adjusted``, and for
+a Holm family ``level``, the coverage its Holm step tests it at (so the interval excludes 0 when the
+adjusted p is below alpha: ``Comparison.holm_family``).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Interval:
     high: float
     p_value: float | None = None
     p_adjusted: float | None = None
+    level: float | None = None  # coverage of [low, high] when not 1 - alpha: the Holm step that decides it
 
 
 @dataclass(frozen=True)

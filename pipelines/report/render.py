@@ -49,7 +49,8 @@ def ci(row: dict[str, Any], digits: int = 4) -> str:
 
 def signed_ci(row: dict[str, Any]) -> str:
     est, lo, hi = ((row["diff"], row["lo"], row["hi"]) if "diff" in row else (row["estimate"], row["low"], row["high"]))
-    return f"{est:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+    level = row.get("level")  # a Holm family's interval is wider than 1 - alpha: say so
+    return f"{est:+.4f} [{lo:+.4f}, {hi:+.4f}]" + (f" at {level:.1%}" if level is not None else "")
 
 
 def pval(p: float | None) -> str:

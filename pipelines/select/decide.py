@@ -78,9 +78,9 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def _interval(i: Any, p_adjusted: float | None = None) -> rec.Interval:
+def _interval(i: Any) -> rec.Interval:
     return rec.Interval(float(i.estimate), float(i.low), float(i.high),
-                        None if i.p_value is None else float(i.p_value), p_adjusted)
+                        None if i.p_value is None else float(i.p_value), i.p_adjusted, i.level)
 
 
 def tier_rank(tier: str) -> int:
@@ -119,8 +119,8 @@ def decide(cells: list[CellScores], baselines: dict[str, dict[str, dict[str, Sco
                  for c in cells]
 
     names = list(baseline_record.NAMES)
-    holm = cmp.holm([(best, n) for n in names])
-    vs = [rec.VsBaseline(n, TEST_NAME, _interval(cmp.diff(best, n), p)) for n, p in zip(names, holm, strict=True)]
+    family = cmp.holm_family([(best, n) for n in names])  # intervals at the level of their Holm step
+    vs = [rec.VsBaseline(n, TEST_NAME, _interval(d)) for n, d in zip(names, family, strict=True)]
 
     hurdle = max(names, key=lambda n: float(rank_auc(y["val"], chosen[n]["val"])))
     val_losses = pd.DataFrame({k: log_losses(y["val"], p["val"].mean(axis=0)) for k, p in cell_p.items()})
