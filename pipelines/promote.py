@@ -131,7 +131,7 @@ def evaluate(study: Study, data: Any, cfg: PromoteConfig, rules: dict[str, Any])
     from evaluation.calibration import choose_calibrator
     from evaluation.metrics import classification_metrics, degeneracy
     from evaluation.stats import auc_interval
-    from training.trainer import predict_logits
+    from training.inference import predict_logits
 
     model_cfg, members = study.model_config(), study.members()
     base_rate = data.base_rate

@@ -24,8 +24,8 @@ import torch
 from fake_study import HORIZON, TIER, make_study, point_at, project
 
 from common import paths
-from pipelines import promote as pm
 from common.errors import TierHpoError
+from pipelines import promote as pm
 from training.budget import Architecture
 from training.synthetic import synthetic_tier
 
@@ -220,8 +220,8 @@ def test_registered_version_loads_in_a_new_process_and_predicts(story, registry,
 def _strong_predictions(story) -> np.ndarray:
     """Calibrated test predictions of the strong model, recomputed in this process from its files."""
     from evaluation.calibration import Calibrator
+    from training.inference import predict_logits
     from training.study_record import Study
-    from training.trainer import predict_logits
 
     best = story["studies"]["strong"]
     study = Study(TIER, "2K", HORIZON, story["root"] / "library" / "strong", best)
