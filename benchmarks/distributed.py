@@ -79,7 +79,7 @@ def _steady_rate(storage_url: str, study_name: str) -> tuple[float, float]:
     import optuna
     from optuna.trial import TrialState
 
-    from training.search.storage import normalize_storage_url
+    from training.search.storage_url import normalize_storage_url
 
     study = optuna.load_study(study_name=study_name, storage=normalize_storage_url(storage_url))
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
