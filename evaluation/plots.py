@@ -20,8 +20,8 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from sklearn.calibration import calibration_curve  # noqa: E402
 
-from evaluation.metrics import DEFAULT_ECE_BINS  # noqa: E402
 from common import atomic  # noqa: E402
+from evaluation.metrics import DEFAULT_ECE_BINS  # noqa: E402
 
 DPI = 110
 
@@ -134,7 +134,7 @@ def scaling_plot(
 
     ``points``: dicts with ``budget``, ``n_params``, ``auc``, ``lo``, ``hi``. ``baselines``:
     name -> ``{"auc", "lo", "hi"}``, drawn as horizontal bands. ``power_law``: the fitted
-    ``evaluation.stats.power_law_fit`` result, drawn when ``fitted``.
+    ``evaluation.scaling.power_law_fit`` result, drawn when ``fitted``.
     """
     if not points:
         raise ValueError("scaling_plot needs at least one budget")
