@@ -66,9 +66,6 @@ class Interval:
     high: float
     p_value: float | None = None
 
-    def excludes_zero(self) -> bool:
-        return self.low > 0 or self.high < 0
-
     def to_dict(self) -> dict[str, float | None]:
         return asdict(self)
 

@@ -165,7 +165,7 @@ def test_outputs_follow_the_contract(finished):
 
 def test_coverage_snapshot_in_the_study_matches_the_storage(finished):
     study, handle = finished["study"], finished["handle"]
-    assert study.user_attrs["coverage"] == handle.engine.tracker.from_study(study).to_json()
+    assert study.user_attrs["coverage"] == handle.engine.tracker.from_trials(study.trials).to_json()
     last = study.get_trials()[-1]
     assert last.user_attrs["info"]["coverage"]["coverage/overall"] == pytest.approx(
         study.user_attrs["coverage"]["overall"])

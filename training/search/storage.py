@@ -11,7 +11,7 @@ URLs are shown only through ``common.redact.redact``.
   (missing database, refused connection, bad credentials) into one actionable line.
 * ``ensure_schema(url)``: create Optuna's tables once, under a lock.
 * ``make_storage(url, cfg, on_stale)``: the ``RDBStorage`` with heartbeats that workers use
-  (SQLite in WAL mode). ``open_storage(url)``: the same for readers, without heartbeats.
+  (SQLite in WAL mode).
 * ``study_lock(url, study_name)``: a cross-process, cross-machine mutex for the few
   read-decide-write steps that must not interleave (study setup, "is there a trial slot left?"
   + ``ask``). PostgreSQL advisory lock, or ``flock`` on a file next to a SQLite database; both
@@ -309,21 +309,3 @@ def make_storage(url: str, cfg: StorageConfig,
     # A fresh SQLite file gets its tables from the first RDBStorage: serialise that (and check the
     # file is writable and sound first) so two first runs never create the schema at once.
     return store_init.open_optuna_sqlite(url, build)
-
-
-def open_storage(url: str) -> RDBStorage:
-    """An existing study storage for reading (no heartbeats, no table creation): a missing SQLite
-    file or an unreachable server is one line, never a new database."""
-    from optuna.storages import RDBStorage
-
-    url = normalize_storage_url(url)
-    if url.startswith("sqlite"):
-        if not Path(parse_storage_url(url).database or "").is_file():
-            raise TierHpoError(f"the Optuna storage {redact(url)} does not exist; point TIERHPO_OPTUNA_STORAGE "
-                               "at the storage the HPO used")
-        kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}}  # an HPO worker may hold the write lock
-    else:
-        url = check_storage_reachable(url)
-        kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
-    return store_init.open_optuna_sqlite(
-        url, lambda: RDBStorage(url, engine_kwargs=kwargs, skip_table_creation=True), writable=False)
