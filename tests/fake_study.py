@@ -110,7 +110,7 @@ def make_study(
                    "d_ff_ratio": arch.d_ff_ratio, "patch_len": arch.patch_len, "batch_size": 64},
         "model_config": model_cfg.to_dict(), "train_config": train_cfg.to_dict(),
         "n_params": count_params(model_cfg), "metrics": metrics,
-        "data_version": "fake-data", "git_commit": "fake-commit",
+        "raw_version": "fake-data", "git_commit": "fake-commit",
     }
     directory = paths.study_dir(data.tier, budget, data.horizon)
     directory.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,7 @@ def tiny_data(n_days: int = 420) -> TierData:
 def tiny_spec(data: TierData, **over) -> StudySpec:
     base = dict(
         tier="a20", budget="5K", horizon=1, space=SPACE, n_features=data.n_features, context_len=data.context_len,
-        data_version="synthetic-1", train=TrainConfig(max_epochs=2, patience=2, progress=False, eval_batch_size=512),
+        tier_version="synthetic-1", train=TrainConfig(max_epochs=2, patience=2, progress=False, eval_batch_size=512),
         forced=2, coverage=CoverageConfig(bins=3, target=0.8, pairs=[["lr", "batch_size"]]),
         pruner=PrunerConfig(kind="none"),
     )
