@@ -147,7 +147,7 @@ def main(
 
 def resolve_workers(requested: int, trials: int, cores: int | None = None) -> int:
     """Worker processes for a study: ``requested``, or for 0 one per available core, at most
-    ``trials`` (a worker beyond the trial budget would only start and stop). With one worker per
+    ``trials`` (a worker beyond the trial target would only start and stop). With one worker per
     core each gets ``cores // workers`` = 1 torch thread (training.search.workers.plan_workers):
     on one small model that beats two threads several times over (BENCHMARKS.md)."""
     if requested < 0:

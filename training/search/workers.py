@@ -3,9 +3,9 @@
 There is no scheduler here. The coordination is Optuna's RDB storage (PostgreSQL for several
 machines) plus the engine's worker loop (``training.search.study.run_worker``): each worker,
 under a per-study lock (``storage.study_lock``: a PostgreSQL advisory lock, or ``flock``
-beside a SQLite file), fails dead trials, checks the budget and asks for a trial, so
+beside a SQLite file), fails dead trials, checks the trial target and asks for a trial, so
 
-* the trial budget is exact across all workers (COMPLETE + RUNNING never exceeds ``n_trials``),
+* the trial target is exact across all workers (COMPLETE + RUNNING never exceeds ``n_trials``),
 * forced extremes are enqueued once and each is popped by exactly one worker,
 * the coverage tracker reads the finished trials from the storage, never one worker's memory,
 * a worker killed mid-trial is detected (dead pid on this host at once, heartbeat elsewhere), its
