@@ -20,7 +20,7 @@ This module adds what a process pool needs around that loop:
   (each worker then ends its trial as KILLED and re-queues it), and summarises the study.
 * Lost database connection: a worker waits for the storage with exponential backoff and resumes
   (the engine's loop is idempotent: it re-reads the study), or exits with one clear line after
-  ``reconnect_tries``. Its unfinished trial stays RUNNING until the heartbeat grace period fails
+  ``reconnect.Backoff.tries`` attempts. Its unfinished trial stays RUNNING until the heartbeat grace period fails
   and re-queues it: the study is never left inconsistent.
 * ``join=True`` (``tierhpo hpo --join``, for extra machines): the study must already exist; a
   different search space or settings is an error naming what differs, and nothing is created.
