@@ -37,7 +37,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from mlflow.entities import Metric, Param, RunTag
@@ -45,6 +45,9 @@ from mlflow.exceptions import MlflowException
 
 from common import paths, store_init
 from common.errors import TierHpoError
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
 
