@@ -60,7 +60,7 @@ def bench_spec(data, run_tag: str, epochs: int):
     })
     return StudySpec(
         tier="a50", budget=BUDGET, horizon=1, space=space, n_features=data.n_features,
-        context_len=data.context_len, data_version=f"bench-{run_tag}",
+        context_len=data.context_len, tier_version=f"bench-{run_tag}",
         train=TrainConfig(max_epochs=epochs, patience=epochs, batch_size=256, progress=False),
         forced=2, pruner=PrunerConfig(kind="none"),
     )
@@ -79,7 +79,7 @@ def _steady_rate(storage_url: str, study_name: str) -> tuple[float, float]:
     import optuna
     from optuna.trial import TrialState
 
-    from training.search.storage import normalize_storage_url
+    from training.search.storage_url import normalize_storage_url
 
     study = optuna.load_study(study_name=study_name, storage=normalize_storage_url(storage_url))
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))

@@ -52,7 +52,7 @@ def study_spec(arm: str, seed: int, data: Any, epochs: int | None, budget: str |
                                                             "patience": min(train.patience, epochs)} if epochs else {}))
     spec = StudySpec.from_params(
         hpo, tier=data.tier or "a50", budget=budget or hpo.budgets[0], horizon=data.horizon, data=data,
-        data_version=f"benchmark-{data.tier}", model=config.load(ModelParams, "model"), train=train,
+        tier_version=f"benchmark-{data.tier}", model=config.load(ModelParams, "model"), train=train,
         metrics=config.load(MetricsParams, "metrics"),
     )
     if arm != "engine":

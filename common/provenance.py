@@ -1,4 +1,4 @@
-"""Where a result came from: git commit and DVC data version, tagged onto every MLflow run."""
+"""Where a result came from: git commit and the raw data version (data.dvc), tagged onto every MLflow run."""
 
 from __future__ import annotations
 
@@ -28,8 +28,9 @@ def git_commit() -> str:
     return f"{sha}-dirty" if dirty else sha
 
 
-def data_version() -> str:
-    """The md5 that ``data.dvc`` records for ``data/raw`` (what ``dvc checkout`` restores)."""
+def raw_version() -> str:
+    """The md5 that ``data.dvc`` records for ``data/raw`` (what ``dvc checkout`` restores): the raw
+    data's version. The version of a tier's files is ``tier_version`` (``pipelines.hpo``)."""
     dvc_file = paths.project_root() / "data.dvc"
     try:
         outs = yaml.safe_load(dvc_file.read_text())["outs"]
@@ -39,4 +40,4 @@ def data_version() -> str:
 
 
 def run_tags() -> dict[str, str]:
-    return {"git_commit": git_commit(), "data_version": data_version()}
+    return {"git_commit": git_commit(), "raw_version": raw_version()}

@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote
 
+from filelock import FileLock, Timeout
+
 from common.errors import TierHpoError
 
 LOCK_TIMEOUT_S = 600.0
@@ -60,28 +62,6 @@ def sqlite_file(url: str) -> Path | None:
 def store_lock(db: Path, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
     """Hold the init lock of the store ``db`` (``<db>.init.lock``) across processes on this machine."""
     lock_path = db.with_name(f"{db.name}.init.lock")
-    try:
-        from filelock import FileLock, Timeout
-    except ImportError:  # pragma: no cover - filelock is a dependency of the venv; flock fallback
-        import fcntl
-        import time
-
-        deadline = time.monotonic() + timeout_s
-        with open(lock_path, "a") as handle:
-            while True:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise TierHpoError(f"the store {db} stayed locked ({lock_path}) for {timeout_s:.0f} s; "
-                                           "is another run stuck initialising it?") from None
-                    time.sleep(0.05)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-        return
     lock = FileLock(str(lock_path), timeout=timeout_s)
     try:
         lock.acquire()
@@ -224,22 +204,20 @@ def mlflow_client(uri: str | None = None) -> Any:
     return MlflowClient(ensure_mlflow_store(uri))
 
 
-def open_optuna_sqlite(url: str, open_fn: Callable[[], T], *, writable: bool = True) -> T:
+def open_optuna_sqlite(url: str, open_fn: Callable[[], T]) -> T:
     """``open_fn()`` (the code that builds the ``RDBStorage`` of ``url``, creating its tables on a
     fresh SQLite file), run the first time in this process after the checks and under the init lock.
 
-    ``writable=False`` for readers: no write checks and no lock (they create nothing). Non-SQLite
-    URLs just run ``open_fn``.
+    Non-SQLite URLs just run ``open_fn``.
     """
     db = sqlite_file(url)
-    key = (os.getpid(), "optuna" if writable else "optuna-ro", str(db))
+    key = (os.getpid(), "optuna", str(db))
     if db is None or key in _READY:
         return open_fn()
     what, env = "Optuna storage", "TIERHPO_OPTUNA_STORAGE"
     with _GUARD:
-        if writable:
-            check_writable(db, what, env)
-        with store_lock(db) if writable else contextlib.nullcontext():
+        check_writable(db, what, env)
+        with store_lock(db):
             check_integrity(db, what, env)
             result = open_fn()
         _READY.add(key)

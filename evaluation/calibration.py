@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.special import expit, logit
+from scipy.special import expit
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.frozen import FrozenEstimator
@@ -41,9 +41,6 @@ from common.errors import TierHpoError
 
 METHODS = ("temperature", "sigmoid", "isotonic")  # in order of complexity (number of fitted values)
 CHOICES = ("none", *METHODS)
-# Probabilities are clipped to this distance from 0/1 before taking the logit: float32 sigmoids
-# saturate to exactly 0 or 1 beyond |logit| ~ 17, whose logit would be infinite.
-_PROB_EPS = 1e-7
 
 
 @dataclass
@@ -79,11 +76,6 @@ class LogitAdapter(ClassifierMixin, BaseEstimator):
 
     def predict(self, X: Any) -> np.ndarray:
         return (self.decision_function(X) > 0).astype(np.int64)
-
-
-def to_logits(p: np.ndarray) -> np.ndarray:
-    """Probabilities -> logits, clipped so that saturated float32 outputs stay finite."""
-    return logit(np.clip(np.asarray(p, dtype=np.float64), _PROB_EPS, 1 - _PROB_EPS))
 
 
 def sklearn_calibrator(method: str) -> CalibratedClassifierCV:

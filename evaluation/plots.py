@@ -134,7 +134,7 @@ def scaling_plot(
 
     ``points``: dicts with ``budget``, ``n_params``, ``auc``, ``lo``, ``hi``. ``baselines``:
     name -> ``{"auc", "lo", "hi"}``, drawn as horizontal bands. ``power_law``: the fitted
-    ``evaluation.stats.power_law_fit`` result, drawn when ``fitted``.
+    ``evaluation.scaling.power_law_fit`` result, drawn when ``fitted``.
     """
     if not points:
         raise ValueError("scaling_plot needs at least one budget")

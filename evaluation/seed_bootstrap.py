@@ -68,9 +68,6 @@ class Interval:
     p_adjusted: float | None = None  # family-wise (Holm) p-value, when the interval is one of a family
     level: float | None = None  # coverage of [low, high] when it is not 1 - alpha (a family's interval)
 
-    def excludes_zero(self) -> bool:
-        return self.low > 0 or self.high < 0
-
     def to_dict(self) -> dict[str, float | None]:
         return asdict(self)
 

@@ -1,6 +1,6 @@
 """DVC plumbing of ``tierhpo ingest`` (not a stage): data/raw's hash, data.dvc, the repository lock.
 
-``_replace_and_track`` swaps a staged data/raw in and records it in data.dvc, rolling both
+``replace_and_track`` swaps a staged data/raw in and records it in data.dvc, rolling both
 back if DVC fails, so a failed ingest leaves them as they were.
 """
 

@@ -35,7 +35,7 @@ def _echo(message: str) -> None:
     typer.echo(message, err=True)
 
 
-def data_version(symbol: str, tier: str) -> str:
+def tier_version(symbol: str, tier: str) -> str:
     """The md5 of the validated tier parquet and split file (what the study trains on)."""
     from training.validation_record import ensure_validated
 
@@ -67,7 +67,7 @@ def build_spec(tier: str, budget: str, horizon: int, *, forced: int | None = Non
     metrics = config.load(MetricsParams, "metrics")
     data = load_tier(data_cfg.symbol, tier, horizon, data_cfg.context_len, require_validated=True)
     spec = StudySpec.from_params(hpo, tier=tier, budget=budget, horizon=horizon, data=data,
-                                 data_version=data_version(data_cfg.symbol, tier), model=model, train=train,
+                                 tier_version=tier_version(data_cfg.symbol, tier), model=model, train=train,
                                  metrics=metrics, symbol=data_cfg.symbol)
     return spec, data, hpo
 
@@ -149,7 +149,7 @@ def main(
 
 def resolve_workers(requested: int, trials: int, cores: int | None = None) -> int:
     """Worker processes for a study: ``requested``, or for 0 one per available core, at most
-    ``trials`` (a worker beyond the trial budget would only start and stop). With one worker per
+    ``trials`` (a worker beyond the trial target would only start and stop). With one worker per
     core each gets ``cores // workers`` = 1 torch thread (training.search.workers.plan_workers):
     on one small model that beats two threads several times over (BENCHMARKS.md)."""
     if requested < 0:

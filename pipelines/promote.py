@@ -131,7 +131,7 @@ def evaluate(study: Study, data: Any, cfg: PromoteConfig, rules: dict[str, Any])
     from evaluation.calibration import choose_calibrator
     from evaluation.metrics import classification_metrics, degeneracy
     from evaluation.stats import auc_interval
-    from training.trainer import predict_logits
+    from training.inference import predict_logits
 
     model_cfg, members = study.model_config(), study.members()
     base_rate = data.base_rate
@@ -177,7 +177,7 @@ def version_tags(study: Study, ev: Evaluation, baselines: dict[str, dict[str, fl
         "symbol": study_symbol(study), "tier": study.tier, "budget": study.budget, "horizon": str(study.horizon),
         "n_params": str(b["n_params"]), "study_name": b["study_name"], "trial_number": str(b["trial_number"]),
         "source_run_id": b["mlflow_run_id"], "git_commit": str(b.get("git_commit", "unknown")),
-        "data_version": str(b.get("data_version", "unknown")), "source_key": key,
+        "raw_version": str(study.raw_version or "unknown"), "source_key": key,
         "calibrator": ev.choice.calibrator.method,
         "val/auc": f"{ev.val['val/auc']:.6g}", "test/auc": f"{ev.test_raw['test/auc']:.6g}",
         "test/auc_ci_lo": f"{ev.auc_ci['lo']:.6g}", "test/auc_ci_hi": f"{ev.auc_ci['hi']:.6g}",
@@ -245,7 +245,7 @@ def summary_document(study: Study, ev: Evaluation, baselines: dict[str, Any], re
     return {
         "tier": study.tier, "horizon": study.horizon, "budget": study.budget, "budget_params": b.get("budget_params"),
         "n_params": b["n_params"], "study_name": b["study_name"], "trial_number": b["trial_number"],
-        "source_run_id": b["mlflow_run_id"], "git_commit": b.get("git_commit"), "data_version": b.get("data_version"),
+        "source_run_id": b["mlflow_run_id"], "git_commit": b.get("git_commit"), "raw_version": study.raw_version,
         "val": ev.val, "val_auc_recorded": study.val_auc, "degenerate": ev.degenerate,
         "calibrator": {"method": ev.choice.calibrator.method, "params": ev.choice.calibrator.params,
                        "reason": ev.choice.reason, "val_log_loss": ev.choice.val_log_loss,

@@ -115,7 +115,7 @@ def build_tier(tier: str, test_aucs: dict[str, float], rng: np.random.Generator,
             "budget_params": int(budget[:-1]) * 1000, "horizon": H, "seed": 0, "trial_number": best.number,
             "mlflow_run_id": "r", "parent_run_id": "p", "experiment_id": "404", "params": best.params,
             "model_config": {}, "train_config": {}, "n_params": n_params, "metrics": {"val/auc": best.value},
-            "data_version": "d", "git_commit": "g"}))
+            "raw_version": "d", "git_commit": "g"}))
         pd.DataFrame(trial_rows(study.trials)).to_csv(out / "trials.csv", index=False)
         if with_study_json:
             (out / "study.json").write_text(json.dumps(study_json(study, name)))

@@ -91,11 +91,13 @@ def make_study(
     state = result.state_dict if state_dict_hook is None else state_dict_hook(result.state_dict)
     metrics = result.val_metrics
     if state_dict_hook is not None:  # the recorded metrics must describe the weights we save
-        from evaluation.metrics import classification_metrics
-        from training.trainer import predict_proba
+        from scipy.special import expit
 
-        metrics = classification_metrics(data.labels_of("val"), predict_proba(model_cfg, state, data, "val", device="cpu"),
-                                         "val", data.base_rate)
+        from evaluation.metrics import classification_metrics
+        from training.inference import predict_logits
+
+        p_val = expit(predict_logits(model_cfg, state, data, "val", device="cpu"))
+        metrics = classification_metrics(data.labels_of("val"), p_val, "val", data.base_rate)
 
     exp = experiment_id(data.tier)
     client = mlflow.MlflowClient(paths.mlflow_tracking_uri())
@@ -118,7 +120,7 @@ def make_study(
                    "d_ff_ratio": arch.d_ff_ratio, "patch_len": arch.patch_len, "batch_size": 64},
         "model_config": model_cfg.to_dict(), "train_config": train_cfg.to_dict(),
         "n_params": count_params(model_cfg), "metrics": metrics,
-        "data_version": "fake-data", "git_commit": "fake-commit",
+        "raw_version": "fake-data", "git_commit": "fake-commit",
     }
     directory = paths.study_dir(data.tier, budget, data.horizon)
     directory.mkdir(parents=True, exist_ok=True)

@@ -45,7 +45,7 @@ def tiny_train(**over):
 def tiny_spec(data: TierData, **over) -> StudySpec:
     base = dict(
         tier="a20", budget="5K", horizon=1, space=SPACE, n_features=data.n_features, context_len=data.context_len,
-        data_version="synthetic-1", train=tiny_train(),
+        tier_version="synthetic-1", train=tiny_train(),
         forced=2, coverage=CoverageConfig(bins=3, target=0.8, pairs=[["lr", "batch_size"]]),
         pruner=PrunerConfig(kind="none"),
     )

@@ -7,12 +7,14 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from scipy.special import expit
 from shrink import train_config
 
 from training.batched import group_key, train_batch
+from training.inference import predict_logits
 from training.model import ModelConfig
 from training.synthetic import synthetic_tier
-from training.trainer import predict_proba, train
+from training.trainer import train
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,7 @@ def test_member_equals_model_trained_alone(tier):
             assert abs(h_b["val/auc"] - h_a["val/auc"]) <= 1e-6
             assert h_b["lr"] == pytest.approx(h_a["lr"], rel=1e-12)
         # The returned weights are the member's own network.
-        assert np.abs(predict_proba(m, b.state_dict, tier, "val", device="cpu") - b.val_pred).max() < 1e-5
+        assert np.abs(expit(predict_logits(m, b.state_dict, tier, "val", device="cpu")) - b.val_pred).max() < 1e-5
     # A member stopped early (and left the stack) while another went on.
     runs = [b.epochs_run for b in batched]
     assert any(b.status == "early_stopped" and b.epochs_run < max(runs) for b in batched)

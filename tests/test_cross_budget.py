@@ -121,7 +121,7 @@ def test_matrix_verdicts_outputs_and_mlflow_run(studies):
     client = mlflow.MlflowClient(paths.mlflow_tracking_uri())
     run = client.get_run(doc["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.info.run_name == "cross-budget"
-    assert {"git_commit", "data_version", "tier", "horizon"} <= set(run.data.tags)
+    assert {"git_commit", "raw_version", "tier", "horizon"} <= set(run.data.tags)
     assert run.data.tags["stage"] == "cross-budget"
     assert run.data.tags["diagonal_from_refit.2K"] == ",".join(map(str, fresh_seeds(0, 2)))
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "cross-budget")}

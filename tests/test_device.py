@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from common.errors import TierHpoError
-from training import trainer
-from training.trainer import TrainConfig, _autocast, resolve_device
+from training import device
+from training.device import autocast_context, resolve_device
+from training.trainer import TrainConfig
 
 
 def _available(monkeypatch, *, cuda: bool, mps: bool) -> None:
@@ -46,9 +47,9 @@ def test_explicit_devices_insist(monkeypatch):
 def test_fp32_on_mps_and_cpu_bf16_only_on_cuda(monkeypatch):
     # No autocast on MPS: the trainer runs there in fp32, like on the CPU.
     for name in ("mps", "cpu"):
-        ctx = _autocast(torch.device(name))
+        ctx = autocast_context(torch.device(name))
         assert isinstance(ctx, contextlib.nullcontext), name
     seen = {}
-    monkeypatch.setattr(trainer.torch, "autocast", lambda kind, dtype: seen.setdefault(kind, dtype))
-    _autocast(torch.device("cuda"))
+    monkeypatch.setattr(device.torch, "autocast", lambda kind, dtype: seen.setdefault(kind, dtype))
+    autocast_context(torch.device("cuda"))
     assert seen == {"cuda": torch.bfloat16}

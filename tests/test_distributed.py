@@ -30,6 +30,7 @@ from pg_fixtures import database_exists, database_url, free_port, set_connection
 from common.errors import TierHpoError
 from common.redact import redact
 from training.search import storage as sc
+from training.search import storage_url
 from training.search import workers as workers_module
 from training.search.config import StorageConfig
 from training.search.space import ParamConfig
@@ -83,7 +84,7 @@ def test_redact_hides_user_info_and_secret_parameters(url, shown):
 )
 def test_bad_storage_urls_are_one_line_errors(url, needle):
     with pytest.raises(TierHpoError) as info:
-        sc.normalize_storage_url(url)
+        storage_url.normalize_storage_url(url)
     message = str(info.value)
     assert needle in message and "\n" not in message
 
@@ -98,11 +99,11 @@ def test_sqlite_in_missing_folder_is_refused_without_creating_it(tmp_path):
 def test_password_in_params_file_is_refused_but_allowed_from_env():
     url = "postgresql://alice:s3cret@h/hpo"
     with pytest.raises(TierHpoError) as info:
-        sc.normalize_storage_url(url, from_params_file=True)
+        storage_url.normalize_storage_url(url, from_params_file=True)
     assert "s3cret" not in str(info.value) and "~/.pgpass" in str(info.value)
     # Nothing is rewritten: the URL that Optuna, optuna-dashboard and mlflow server take as is.
-    assert sc.normalize_storage_url(url) == url
-    assert sc.normalize_storage_url("postgresql+psycopg://alice@h/hpo") == "postgresql+psycopg://alice@h/hpo"
+    assert storage_url.normalize_storage_url(url) == url
+    assert storage_url.normalize_storage_url("postgresql+psycopg://alice@h/hpo") == "postgresql+psycopg://alice@h/hpo"
 
 
 def test_plan_workers_splits_cores_into_disjoint_pinned_sets():
@@ -202,7 +203,7 @@ def with_password(url: str) -> str:
 
 
 def load(url: str, spec: StudySpec) -> optuna.Study:
-    return optuna.load_study(study_name=spec.study_name, storage=sc.normalize_storage_url(url))
+    return optuna.load_study(study_name=spec.study_name, storage=storage_url.normalize_storage_url(url))
 
 
 def trial_runs(client: MlflowClient, parent_id: str) -> list:
@@ -268,7 +269,7 @@ def _kill_one_worker_mid_trial(url: str, spec: StudySpec, seen: dict, stop: thre
     """Once 2 trials are COMPLETE, SIGKILL the owner of the next trial to start, as soon as its run
     exists. A trial already running by then may be about to finish: killing it could land after
     its COMPLETE, which would test nothing."""
-    engine = sqlalchemy.create_engine(sc.normalize_storage_url(url))
+    engine = sqlalchemy.create_engine(storage_url.normalize_storage_url(url))
     while True:  # leave creating tables and the study to the workers: wait for the study's row
         with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError), engine.connect() as conn:
             if conn.execute(sqlalchemy.text("SELECT 1 FROM studies WHERE study_name = :n"),
@@ -276,7 +277,7 @@ def _kill_one_worker_mid_trial(url: str, spec: StudySpec, seen: dict, stop: thre
                 break
         time.sleep(0.2)
     engine.dispose()
-    storage = optuna.storages.RDBStorage(sc.normalize_storage_url(url), skip_table_creation=True)
+    storage = optuna.storages.RDBStorage(storage_url.normalize_storage_url(url), skip_table_creation=True)
     while not stop.is_set():
         try:
             study_id = storage.get_study_id_from_name(spec.study_name)
@@ -345,7 +346,7 @@ def _cut_storage_after(url: str, spec: StudySpec, n_complete: int, seen: dict, s
     """Once ``n_complete`` trials are COMPLETE, cut every connection to the study database and refuse
     new ones for ``outage_s`` seconds (None: until ``stop``)."""
     name = sqlalchemy.engine.make_url(url).database
-    engine = sqlalchemy.create_engine(sc.normalize_storage_url(url), poolclass=sqlalchemy.pool.NullPool)
+    engine = sqlalchemy.create_engine(storage_url.normalize_storage_url(url), poolclass=sqlalchemy.pool.NullPool)
     query = sqlalchemy.text("SELECT t.number, t.state, v.value FROM trials t JOIN studies s USING (study_id) "
                             "LEFT JOIN trial_values v USING (trial_id) WHERE s.study_name = :n")
     try:
@@ -464,7 +465,7 @@ def test_joining_a_study_with_another_search_space_is_refused_and_creates_nothin
     spec = tiny_spec(data)
     with pytest.raises(TierHpoError, match="holds no Optuna study yet"):
         run_workers(spec, data, 8, pg_database, n_workers=2, settings=settings(), join=True)
-    engine = sqlalchemy.create_engine(sc.normalize_storage_url(pg_database))
+    engine = sqlalchemy.create_engine(storage_url.normalize_storage_url(pg_database))
     assert sqlalchemy.inspect(engine).get_table_names() == []  # --join did not even create tables
     engine.dispose()
 
@@ -476,7 +477,7 @@ def test_joining_a_study_with_another_search_space_is_refused_and_creates_nothin
     message = str(info.value)
     assert f"study {spec.study_name}" in message and "different search space" in message
     assert "space (lr)" in message and "\n" not in message
-    storage = optuna.storages.RDBStorage(sc.normalize_storage_url(pg_database))
+    storage = optuna.storages.RDBStorage(storage_url.normalize_storage_url(pg_database))
     assert optuna.study.get_all_study_names(storage) == [spec.study_name]
     assert not storage.get_all_trials(storage.get_study_id_from_name(spec.study_name),
                                       states=(TrialState.RUNNING, TrialState.COMPLETE))
@@ -504,7 +505,7 @@ def test_cli_workers_fill_the_study_and_join_refuses_other_params(repo_copy, pg_
     assert first.returncode == 0, first.stderr[-3000:]
     assert "2 worker(s) x 1 thread(s)" in first.stderr and "worker 1:" in first.stderr
     assert SECRET not in first.stdout + first.stderr
-    storage = optuna.storages.RDBStorage(sc.normalize_storage_url(pg_database))
+    storage = optuna.storages.RDBStorage(storage_url.normalize_storage_url(pg_database))
     (name,) = optuna.study.get_all_study_names(storage)
     study = optuna.load_study(study_name=name, storage=storage)
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4

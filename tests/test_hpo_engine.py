@@ -44,7 +44,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 BEST_KEYS = {"study_name", "storage", "tier", "budget", "budget_params", "horizon", "seed", "trial_number",
              "mlflow_run_id", "parent_run_id", "experiment_id", "params", "model_config", "train_config",
-             "n_params", "metrics", "data_version", "git_commit"}
+             "n_params", "metrics", "raw_version", "tier_version", "git_commit"}
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +102,10 @@ def test_one_parent_with_a_nested_run_per_trial(finished):
     client, result = finished["client"], finished["result"]
     parent = client.get_run(result.parent_run_id)
     assert parent.info.status == "FINISHED"
-    for key in ("tier", "budget", "horizon", "study_name", "git_commit", "data_version"):
+    for key in ("tier", "budget", "horizon", "study_name", "git_commit", "raw_version"):
         assert parent.data.tags[key], key
+    assert "data_version" not in parent.data.tags and "data_version" not in parent.data.params
+    assert parent.data.params["tier_version"] == finished["spec"].tier_version  # the tier files' md5s, not raw data
     assert parent.data.tags["study_name"] == finished["spec"].study_name
     assert "hpo/wasted_fraction" in parent.data.metrics and "best/val/auc" in parent.data.metrics
     assert {"coverage.json", "coverage.md"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
@@ -165,7 +167,7 @@ def test_outputs_follow_the_contract(finished):
 
 def test_coverage_snapshot_in_the_study_matches_the_storage(finished):
     study, handle = finished["study"], finished["handle"]
-    assert study.user_attrs["coverage"] == handle.engine.tracker.from_study(study).to_json()
+    assert study.user_attrs["coverage"] == handle.engine.tracker.from_trials(study.trials).to_json()
     last = study.get_trials()[-1]
     assert last.user_attrs["info"]["coverage"]["coverage/overall"] == pytest.approx(
         study.user_attrs["coverage"]["overall"])
@@ -197,7 +199,7 @@ def test_study_identity_and_storage_errors(tmp_path):
     spec = tiny_spec(data)
     assert spec.study_name.startswith("a20-5K-h1-")
     assert tiny_spec(data).study_name == spec.study_name
-    assert tiny_spec(data, data_version="other").study_name != spec.study_name
+    assert tiny_spec(data, tier_version="other").study_name != spec.study_name
     assert tiny_spec(data, seed=1).study_name != spec.study_name
     narrower = SearchSpace.from_config({**{p.name: ParamConfig(**{**p.to_json(), "type": p.kind})
                                            for p in SPACE.params if p.name != "lr"},

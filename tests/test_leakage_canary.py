@@ -68,15 +68,18 @@ def test_baselines_fitted_on_permuted_labels_score_chance_on_test(data):
 
 
 def test_a_one_epoch_transformer_on_permuted_labels_scores_chance_on_test(data):
+    from scipy.special import expit
+
     from evaluation.auc import rank_auc
     from training.budget import ModelParams
-    from training.trainer import TrainConfig, predict_proba, train
+    from training.inference import predict_logits
+    from training.trainer import TrainConfig, train
 
     model_cfg = ModelParams().solve("20K", data.n_features, data.context_len)
     aucs = []
     for seed in range(K_TRANSFORMER):
         shuffled = permuted(data, 100 + seed)
         result = train(model_cfg, TrainConfig(max_epochs=1, patience=1, progress=False, seed=seed), shuffled)
-        p = predict_proba(model_cfg, result.state_dict, shuffled, "test")
+        p = expit(predict_logits(model_cfg, result.state_dict, shuffled, "test"))
         aucs.append(float(rank_auc(shuffled.labels_of("test"), p)))
     assert abs(np.mean(aucs) - 0.5) <= 0.05, aucs

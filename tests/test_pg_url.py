@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from training.search import storage as sc
+from training.search import storage_url
 
 postgres_server = pg_fixtures.postgres_server
 pg_database = pg_fixtures.pg_database
@@ -31,7 +32,7 @@ def test_fixture_urls_are_plain_postgresql(pg_database):
 
 
 def test_tierhpo_and_optuna_take_the_same_url(pg_database):
-    assert sc.normalize_storage_url(pg_database) == pg_database  # nothing rewritten
+    assert storage_url.normalize_storage_url(pg_database) == pg_database  # nothing rewritten
     assert sc.check_storage_reachable(pg_database) == pg_database
     sc.ensure_schema(pg_database)
     study = optuna.create_study(study_name="same-url", storage=pg_database, direction="maximize")

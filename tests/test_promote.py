@@ -125,7 +125,7 @@ def test_first_version_carries_the_short_tags_and_no_alias(story, registry):
     assert tags["n_params"] == str(best["n_params"]) and 1800 <= int(tags["n_params"]) <= 2200
     assert tags["study_name"] == best["study_name"] and tags["trial_number"] == "1"
     assert tags["source_run_id"] == best["mlflow_run_id"]
-    assert tags["git_commit"] == "fake-commit" and tags["data_version"] == "fake-data"
+    assert tags["git_commit"] == "fake-commit" and tags["raw_version"] == "fake-data"
     assert tags["calibrator"] in ("none", "temperature", "sigmoid")  # isotonic: 418 val windows < 1000
     for key in ("val/auc", "test/auc", "test/auc_ci_lo", "test/auc_ci_hi"):
         assert key in tags, key
@@ -220,13 +220,24 @@ def test_registered_version_loads_in_a_new_process_and_predicts(story, registry,
 def _strong_predictions(story) -> np.ndarray:
     """Calibrated test predictions of the strong model, recomputed in this process from its files."""
     from evaluation.calibration import Calibrator
+    from training.inference import predict_logits
     from training.study_record import Study
-    from training.trainer import predict_logits
 
     best = story["studies"]["strong"]
     study = Study(TIER, "2K", HORIZON, story["root"] / "library" / "strong", best)
     logits = predict_logits(study.model_config(), study.state_dict(), story["data"], "test", device="cpu")
     return Calibrator.from_dict(story["runs"]["strong"]["calibrator"]).apply(logits)
+
+
+def test_a_best_json_from_before_the_rename_still_gives_its_raw_version(tmp_path):
+    from training.study_record import Study
+
+    def study(best: dict) -> Study:
+        return Study(TIER, "2K", HORIZON, tmp_path, best)
+
+    assert study({"raw_version": "new", "data_version": "old"}).raw_version == "new"
+    assert study({"data_version": "old"}).raw_version == "old"  # written before raw_version existed
+    assert study({}).raw_version is None
 
 
 def test_missing_inputs_are_one_line_errors(tmp_path, monkeypatch):

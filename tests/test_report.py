@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from common import paths
 from common.errors import TierHpoError
-from evaluation import stats
+from evaluation import scaling
 from pipelines import cli
 from pipelines.report import grid, render, stage, study_record
 from pipelines.report.params import ReportParams
@@ -222,16 +222,16 @@ def test_readings_use_the_adjusted_numbers():
 @pytest.mark.parametrize(
     ("aucs", "verdict", "must", "must_not"),
     [
-        ([0.7178, 0.7246, 0.7147], stats.INCONCLUSIVE, "must not be read as a trend", "larger is better"),
-        ([0.85, 0.72, 0.60], stats.VIOLATED, "scaling is violated", "larger is better"),
-        ([0.60, 0.72, 0.85], stats.MONOTONIC, "larger is better", "within noise"),
+        ([0.7178, 0.7246, 0.7147], scaling.INCONCLUSIVE, "must not be read as a trend", "larger is better"),
+        ([0.85, 0.72, 0.60], scaling.VIOLATED, "scaling is violated", "larger is better"),
+        ([0.60, 0.72, 0.85], scaling.MONOTONIC, "larger is better", "within noise"),
     ],
 )
 def test_wording_follows_the_verdict(aucs, verdict, must, must_not):
     rng = np.random.default_rng(3)
     y = (rng.random(750) < 0.45).astype(int)
     scores = {b: fake_grid.scores_for(a, y, rng) for b, a in zip(fake_grid.BUDGETS, aucs, strict=True)}
-    section = {**stats.scaling_verdict(y, scores, fake_grid.BUDGETS, reps=300), "available": True,
+    section = {**scaling.scaling_verdict(y, scores, fake_grid.BUDGETS, reps=300), "available": True,
                "first_day": "2020-01-01", "last_day": "2022-12-30"}
     assert section["verdict"] == verdict
     text = render.render("scaling", sc=section, tag="a50 h1", scaling_plot=None)

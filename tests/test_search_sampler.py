@@ -54,7 +54,7 @@ def run(steer: bool, n: int, seed: int = 0, feasible=lambda a: True, storage=Non
 
 def test_steering_fills_more_bins_than_plain_tpe_at_the_same_trial_count():
     mean_cov = {
-        steer: np.mean([tracker.from_study(study).overall for study, tracker, _ in (run(steer, 12, s) for s in range(3))])
+        steer: np.mean([tracker.from_trials(study.trials).overall for study, tracker, _ in (run(steer, 12, s) for s in range(3))])
         for steer in (True, False)
     }
     assert mean_cov[True] > mean_cov[False]
@@ -84,7 +84,7 @@ def test_no_duplicates_until_a_discrete_space_is_exhausted():
     study.optimize(lambda t: float(space["a"].suggest(t) + space["b"].suggest(t)), n_trials=9)
     keys = [space.key(t.params) for t in study.get_trials()]
     assert len(set(keys)) == 9  # all 9 configs, each once
-    assert tracker.from_study(study).overall == 1.0
+    assert tracker.from_trials(study.trials).overall == 1.0
 
 
 def test_same_seed_same_proposals_and_forced_first():
@@ -97,7 +97,7 @@ def test_same_seed_same_proposals_and_forced_first():
 def test_state_comes_from_storage_so_a_resumed_sampler_continues(tmp_path):
     url = f"sqlite:///{tmp_path / 'o.db'}"
     study, tracker, _ = run(True, 5, storage=url, name="r")
-    before = tracker.from_study(study)
+    before = tracker.from_trials(study.trials)
     assert before.overall < 0.9
     # A new process: a fresh sampler object on the same storage sees the same coverage and keeps steering.
     sampler = CoverageSampler(tracker.space, tracker, seed=0, target=0.9, candidates=8)

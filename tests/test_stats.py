@@ -1,13 +1,26 @@
-"""AUC intervals, paired comparisons and the scaling verdict, checked against known results."""
+"""AUC intervals, paired comparisons (evaluation.stats) and the scaling verdict (evaluation.scaling),
+checked against known results."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
 from scipy import stats as st
 from sklearn.metrics import roc_auc_score
 
-from evaluation import stats
+from evaluation import scaling, stats
+from evaluation.auc import rank_auc
+
+
+def hanley_mcneil_se(auc: float, n_pos: int, n_neg: int) -> float:
+    """Hanley & McNeil (1982) standard error of an AUC (iid, exponential-score approximation): the
+    closed-form reference the estimators are checked against."""
+    q1 = auc / (2 - auc)
+    q2 = 2 * auc**2 / (1 + auc)
+    var = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc**2) + (n_neg - 1) * (q2 - auc**2)) / (n_pos * n_neg)
+    return math.sqrt(var)
 
 
 def binormal(auc: float, n_pos: int, n_neg: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -45,20 +58,20 @@ def test_rank_auc_matches_sklearn_including_ties_and_vectorises():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, (4, 300)).astype(float)
     p = np.round(rng.random((4, 300)) + 0.3 * y, 1)  # heavy ties
-    got = stats.rank_auc(y, p)
+    got = rank_auc(y, p)
     assert got.shape == (4,)
     np.testing.assert_allclose(got, [roc_auc_score(y[i], p[i]) for i in range(4)], atol=1e-12)
-    assert np.isnan(stats.rank_auc(np.ones(5), np.arange(5.0)))
+    assert np.isnan(rank_auc(np.ones(5), np.arange(5.0)))
 
 
 def test_hanley_mcneil_reference_value():
     # Hanley & McNeil (1982): AUC 0.72 with 500 positives and 500 negatives -> SE about 0.016.
-    assert stats.hanley_mcneil_se(0.72, 500, 500) == pytest.approx(0.016, abs=0.0005)
+    assert hanley_mcneil_se(0.72, 500, 500) == pytest.approx(0.016, abs=0.0005)
 
 
 def test_iid_standard_errors_match_hanley_mcneil():
     y, p = binormal(0.72, 500, 500, np.random.default_rng(3))
-    hm = stats.hanley_mcneil_se(0.72, 500, 500)
+    hm = hanley_mcneil_se(0.72, 500, 500)
     boot = stats.auc_interval(y, p, block_length=1, reps=1000, seed=1)  # block 1 = iid bootstrap
     delong = stats.auc_interval(y, p, method="delong")
     assert boot["auc"] == pytest.approx(roc_auc_score(y, p))
@@ -76,7 +89,7 @@ def test_block_bootstrap_tracks_the_true_spread_when_labels_overlap():
     horizon, n = 5, 750
     rng = np.random.default_rng(7)
     # the true sampling spread of the AUC, from many independent series
-    true_sd = np.std([stats.rank_auc(*overlapping_labels(n, horizon, rng)) for _ in range(300)])
+    true_sd = np.std([rank_auc(*overlapping_labels(n, horizon, rng)) for _ in range(300)])
     block, delong = [], []
     for _ in range(4):
         y, p = overlapping_labels(n, horizon, rng)
@@ -93,13 +106,13 @@ def test_block_length_floor_is_the_horizon():
     assert stats.choose_block_length(y, p, horizon=1) >= 1
 
 
-def test_auc_ci_is_a_seeded_triple():
+def test_auc_interval_is_seeded():
     y, p = binormal(0.7, 150, 150, np.random.default_rng(2))
-    auc, lo, hi = stats.auc_ci(y, p, reps=200, seed=5)
-    assert (auc, lo, hi) == stats.auc_ci(y, p, reps=200, seed=5)
-    assert lo < auc < hi
-    circ = stats.auc_ci(y, p, reps=200, seed=5, method="circular", block_length=4)
-    assert circ.lo < circ.auc < circ.hi
+    first = stats.auc_interval(y, p, reps=200, seed=5)
+    assert first == stats.auc_interval(y, p, reps=200, seed=5)
+    assert first["lo"] < first["auc"] < first["hi"]
+    circ = stats.auc_interval(y, p, reps=200, seed=5, method="circular", block_length=4)
+    assert circ["lo"] < circ["auc"] < circ["hi"]
 
 
 @pytest.mark.parametrize(
@@ -113,7 +126,7 @@ def test_auc_ci_is_a_seeded_triple():
 )
 def test_bad_inputs_are_rejected(y, p, message):
     with pytest.raises(ValueError, match=message):
-        stats.auc_ci(y, p, reps=20)
+        stats.auc_interval(y, p, reps=20)
 
 
 # ---------------------------------------------------------------------------- paired comparison
@@ -153,12 +166,12 @@ def verdict_for(aucs: list[float], n: int = 750, seed: int = 0, reps: int = 500,
     y, scores = models_on_same_days(aucs, n=n, seed=seed)
     names = list(PARAMS3)[: len(aucs)] if len(aucs) <= 3 else [f"b{i}" for i in range(len(aucs))]
     params = PARAMS3 if len(aucs) <= 3 else {b: 10 ** (6 + i) for i, b in enumerate(names)}
-    return stats.scaling_verdict(y, dict(zip(names, scores, strict=True)), params, reps=reps, **kwargs)
+    return scaling.scaling_verdict(y, dict(zip(names, scores, strict=True)), params, reps=reps, **kwargs)
 
 
 def test_clear_monotonic_scaling():
     r = verdict_for([0.60, 0.70, 0.80])
-    assert r["verdict"] == stats.MONOTONIC
+    assert r["verdict"] == scaling.MONOTONIC
     assert r["order"] == ["2M", "20M", "200M"]
     assert all(c["significant"] and c["diff"] > 0 for c in r["comparisons"])
     assert all(c["p_holm"] >= c["p_value"] for c in r["comparisons"])
@@ -167,14 +180,14 @@ def test_clear_monotonic_scaling():
 
 def test_clear_reversal_is_violated():
     r = verdict_for([0.80, 0.70, 0.60])
-    assert r["verdict"] == stats.VIOLATED
+    assert r["verdict"] == scaling.VIOLATED
     assert "200M vs 2M" in r["explanation"]
 
 
 def test_the_original_studys_numbers_are_within_noise():
     # 2M 0.7178, 20M 0.7246, 200M 0.7147 on ~750 test days: the original "VIOLATED" claim
     r = verdict_for([0.7178, 0.7246, 0.7147])
-    assert r["verdict"] == stats.INCONCLUSIVE
+    assert r["verdict"] == scaling.INCONCLUSIVE
     assert not any(c["significant"] for c in r["comparisons"])
     for b in r["budgets"]:
         assert 0.04 < b["hi"] - b["lo"] < 0.09  # roughly +-0.03 around each AUC
@@ -182,16 +195,16 @@ def test_the_original_studys_numbers_are_within_noise():
 
 def test_a_plateau_is_not_called_monotonic():
     r = verdict_for([0.62, 0.78, 0.78], n=1500)
-    assert r["verdict"] == stats.INCONCLUSIVE
+    assert r["verdict"] == scaling.INCONCLUSIVE
     assert "significant gain" in r["explanation"]
 
 
 def test_verdict_with_delong_and_order_by_real_parameter_count():
     y, (a, b) = models_on_same_days([0.8, 0.6], n=750, seed=2)
-    r = stats.scaling_verdict(y, {"big-name": a, "small-name": b}, {"big-name": 10, "small-name": 10_000},
-                              method="delong")
+    r = scaling.scaling_verdict(y, {"big-name": a, "small-name": b}, {"big-name": 10, "small-name": 10_000},
+                                method="delong")
     assert r["order"] == ["big-name", "small-name"]  # ordered by count, not by name
-    assert r["verdict"] == stats.VIOLATED
+    assert r["verdict"] == scaling.VIOLATED
     assert r["power_law"]["fitted"] is False
 
 
@@ -208,9 +221,9 @@ def test_power_law_only_with_enough_budgets():
 def test_scaling_verdict_input_errors():
     y, (a, b) = models_on_same_days([0.7, 0.7], n=100, seed=0)
     with pytest.raises(ValueError, match="at least two budgets"):
-        stats.scaling_verdict(y, {"x": a}, {"x": 1})
+        scaling.scaling_verdict(y, {"x": a}, {"x": 1})
     with pytest.raises(ValueError, match="same real parameter count"):
-        stats.scaling_verdict(y, {"x": a, "z": b}, {"x": 5, "z": 5})
+        scaling.scaling_verdict(y, {"x": a, "z": b}, {"x": 5, "z": 5})
 
 
 def test_too_few_resamples_for_holm_is_refused():

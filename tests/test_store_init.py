@@ -55,12 +55,11 @@ def run_counts(store: Path) -> tuple[int, int]:
     import optuna
 
     from common import store_init
-    from training.search.storage import open_storage
 
     client = store_init.mlflow_client(f"sqlite:///{store / 'mlflow.db'}")
     exp = client.get_experiment_by_name("tierhpo-a50")
     runs = client.search_runs([exp.experiment_id])
-    study = optuna.load_study(study_name="first-run", storage=open_storage(f"sqlite:///{store / 'optuna.db'}"))
+    study = optuna.load_study(study_name="first-run", storage=f"sqlite:///{store / 'optuna.db'}")
     return len(runs), len(study.get_trials(deepcopy=False))
 
 

@@ -30,22 +30,15 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.special import expit
 
 from common.errors import TierHpoError
 from evaluation.metrics import DEFAULT_ECE_BINS, EPOCH_METRIC_NAMES, classification_metrics
 from training.dataset import TierData
+from training.device import autocast_context, resolve_device, training_attention
+from training.inference import SplitWindows, check_compatible
 from training.model import ModelConfig, PatchTSTClassifier, count_parameters
-from training.trainer import (
-    EpochReport,
-    SplitWindows,
-    TrainConfig,
-    TrainResult,
-    _autocast,
-    _check_compatible,
-    _sigmoid,
-    _training_attention,
-    resolve_device,
-)
+from training.trainer import EpochReport, TrainConfig, TrainResult
 
 SHARED_MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name != "dropout")
 SHARED_TRAIN_FIELDS = ("batch_size", "max_epochs", "device", "eval_batch_size")
@@ -228,7 +221,7 @@ def train_batch(
     if len({group_key(m, t) for m, t in zip(model_cfgs, train_cfgs, strict=True)}) != 1:
         raise TierHpoError("train_batch members must share the structure, batch_size and max_epochs (group_key)")
     for cfg in model_cfgs:
-        _check_compatible(cfg, data)
+        check_compatible(cfg, data)
     started = time.perf_counter()
     cfg0, tc0 = model_cfgs[0], train_cfgs[0]
     device = resolve_device(tc0.device)
@@ -247,7 +240,7 @@ def train_batch(
                        torch.tensor([t.weight_decay for t in train_cfgs], device=device))
     shuffles = [torch.Generator().manual_seed(t.seed) for t in train_cfgs]
     total = math.ceil(n_train / tc0.batch_size) * tc0.max_epochs
-    autocast, attention = _autocast(device), _training_attention(device)
+    autocast, attention = autocast_context(device), training_attention(device)
 
     live = list(range(k_all))  # member ids still in the stack, in stack order
     best = [{"auc": -math.inf, "epoch": 0, "pred": None, "state": None} for _ in range(k_all)]
@@ -349,4 +342,4 @@ def _val_predictions(forward: StackedForward, windows: SplitWindows, batch_size:
     with torch.inference_mode(), autocast:
         for start in range(0, len(windows), batch_size):
             out.append(forward(windows.span(start, start + batch_size), None, []).float())
-    return _sigmoid(torch.cat(out, dim=1).double().cpu().numpy())
+    return expit(torch.cat(out, dim=1).double().cpu().numpy())

@@ -12,7 +12,8 @@ past. The property test in tests/test_features.py checks this by truncation.
 
 Notation: O, H, L, C, V are open, high, low, close, volume; r_t = ln(C_t / C_{t-1});
 mean_w / std_w / max_w / min_w are trailing windows of w rows ending at day t (std with
-ddof=1); EWM_a is the recursive exponential average with smoothing a.
+ddof=1); EWM_a is the recursive exponential average with smoothing a. Those window statistics
+live in ``training.window_stats``; this module is the registry and the formulas built on them.
 """
 
 from __future__ import annotations
@@ -23,14 +24,25 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from numpy.lib.stride_tricks import sliding_window_view
 
 from common.errors import TierHpoError, shorten
+from training.window_stats import (
+    ANNUAL,
+    annualised_rms,
+    ewm_mean,
+    rolling_mean,
+    rolling_mean_abs_dev,
+    rolling_moment,
+    rolling_slope,
+    rolling_std,
+    safe_div,
+    stochastic_k,
+    wilder_rsi,
+)
 
 BASE_COLUMNS = ("open", "high", "low", "close", "volume")
 TIER_SIZES = {"a20": 20, "a50": 50, "a100": 100}
 KNOWN_TIERS = tuple(TIER_SIZES)
-ANNUAL = 252  # trading days per year, for annualised volatilities
 UP_MOVE = math.log(1.01)  # fixed 1 % up-move for the up_hit features (independent of data.threshold)
 
 
@@ -172,74 +184,6 @@ def tier_features(tier: str) -> tuple[str, ...]:
     return FEATURE_NAMES[: TIER_SIZES[check_tier(tier)]]
 
 
-# ---- helpers ----------------------------------------------------------------------------
-
-
-def _div(num: pd.Series, den: pd.Series, fill: float) -> pd.Series:
-    """num / den, with ``fill`` where den == 0 (flat data) instead of inf/NaN."""
-    out = num / den.where(den != 0)
-    return out.where(~(den == 0), fill)
-
-
-def _mean(x: pd.Series, w: int) -> pd.Series:
-    return x.rolling(w, min_periods=w).mean()
-
-
-def _std(x: pd.Series, w: int) -> pd.Series:
-    return x.rolling(w, min_periods=w).std()
-
-
-def _ewm(x: pd.Series, alpha: float, min_periods: int) -> pd.Series:
-    return x.ewm(alpha=alpha, adjust=False, min_periods=min_periods).mean()
-
-
-def _rv(sq: pd.Series, w: int) -> pd.Series:
-    """Annualised root mean of a per-day variance estimate over w days (clipped at 0)."""
-    return np.sqrt(ANNUAL * _mean(sq, w).clip(lower=0))
-
-
-def _moment(x: pd.Series, w: int, stat: str, other: pd.Series | None = None) -> pd.Series:
-    """Rolling skew / kurt / corr, 0 (neutral) where a full window has no variance."""
-    roll = x.rolling(w, min_periods=w)
-    out = roll.corr(other) if stat == "corr" else getattr(roll, stat)()
-    full = (x if other is None else other).rolling(w, min_periods=w).count() == w
-    return out.where(~(full & out.isna()), 0.0)
-
-
-def _window_apply(x: pd.Series, w: int, fn) -> pd.Series:
-    """``fn`` over trailing windows as one vectorised call on a (n - w + 1, w) strided view."""
-    values = x.to_numpy(dtype=np.float64)
-    out = np.full(len(values), np.nan)
-    if len(values) >= w:
-        out[w - 1 :] = fn(sliding_window_view(values, w))
-    return pd.Series(out, index=x.index)
-
-
-def _slope(y: pd.Series, w: int) -> pd.Series:
-    k = np.arange(w, dtype=np.float64)
-    weights = (k - k.mean()) / ((k - k.mean()) ** 2).sum()
-    return _window_apply(y, w, lambda win: win @ weights)
-
-
-def _mean_abs_dev(x: pd.Series, w: int) -> pd.Series:
-    return _window_apply(x, w, lambda win: np.abs(win - win.mean(axis=1, keepdims=True)).mean(axis=1))
-
-
-def _rsi(close: pd.Series, n: int) -> pd.Series:
-    delta = close.diff()
-    gain = _ewm(delta.clip(lower=0), 1 / n, n)
-    loss = _ewm((-delta).clip(lower=0), 1 / n, n)
-    rsi = 100 - 100 / (1 + gain / loss.where(loss != 0))
-    rsi = rsi.where(loss != 0, 100.0)  # no losses in the window: RSI is 100 by definition
-    return rsi.where((gain != 0) | (loss != 0), 50.0).where(gain.notna())
-
-
-def _stoch(close: pd.Series, high: pd.Series, low: pd.Series, w: int) -> pd.Series:
-    lo = low.rolling(w, min_periods=w).min()
-    hi = high.rolling(w, min_periods=w).max()
-    return _div(close - lo, hi - lo, 0.5)
-
-
 # ---- the features ----------------------------------------------------------------------
 
 
@@ -266,7 +210,7 @@ def compute_features(ohlcv: pd.DataFrame) -> pd.DataFrame:
         return np.log(c / c.shift(k))
 
     def rv(w: int) -> pd.Series:
-        return _rv(r**2, w)
+        return annualised_rms(r**2, w)
 
     park_sq = hl**2 / (4 * math.log(2))
     gk_sq = 0.5 * hl**2 - (2 * math.log(2) - 1) * co**2
@@ -274,30 +218,30 @@ def compute_features(ohlcv: pd.DataFrame) -> pd.DataFrame:
 
     def yang_zhang(w: int) -> pd.Series:
         k = 0.34 / (1.34 + (w + 1) / (w - 1))
-        var = _std(np.log(o / prev_c), w) ** 2 + k * _std(co, w) ** 2 + (1 - k) * _mean(rs_sq, w)
+        var = rolling_std(np.log(o / prev_c), w) ** 2 + k * rolling_std(co, w) ** 2 + (1 - k) * rolling_mean(rs_sq, w)
         return np.sqrt(ANNUAL * var.clip(lower=0))
 
     def sma_ratio(w: int) -> pd.Series:
-        return c / _mean(c, w) - 1
+        return c / rolling_mean(c, w) - 1
 
     def vol_ratio(w: int) -> pd.Series:
-        return np.log((v + 1) / (_mean(v, w) + 1))
+        return np.log((v + 1) / (rolling_mean(v, w) + 1))
 
     up_hit = (up >= UP_MOVE).astype(np.float64).where(up.notna())
-    ema12, ema26 = _ewm(c, 2 / 13, 12), _ewm(c, 2 / 27, 26)
+    ema12, ema26 = ewm_mean(c, 2 / 13, 12), ewm_mean(c, 2 / 27, 26)
     macd = (ema12 - ema26) / c
-    macd_signal = _ewm(macd, 2 / 10, 9)
-    std20 = _std(c, 20)
+    macd_signal = ewm_mean(macd, 2 / 10, 9)
+    std20 = rolling_std(c, 20)
 
     # Wilder's directional movement: +DM when today's up-move beats the down-move, and vice versa.
     up_move, down_move = h.diff(), -l.diff()
     plus_dm = up_move.where((up_move > down_move) & (up_move > 0), 0.0).where(up_move.notna())
     minus_dm = down_move.where((down_move > up_move) & (down_move > 0), 0.0).where(down_move.notna())
-    tr_s = _ewm(tr, 1 / 14, 14)
-    plus_di = 100 * _div(_ewm(plus_dm, 1 / 14, 14), tr_s, 0.0)
-    minus_di = 100 * _div(_ewm(minus_dm, 1 / 14, 14), tr_s, 0.0)
+    tr_s = ewm_mean(tr, 1 / 14, 14)
+    plus_di = 100 * safe_div(ewm_mean(plus_dm, 1 / 14, 14), tr_s, 0.0)
+    minus_di = 100 * safe_div(ewm_mean(minus_dm, 1 / 14, 14), tr_s, 0.0)
     di_sum = plus_di + minus_di
-    dx = 100 * _div((plus_di - minus_di).abs(), di_sum, 0.0)
+    dx = 100 * safe_div((plus_di - minus_di).abs(), di_sum, 0.0)
 
     money_flow = tp * v
     tp_up = tp.diff()
@@ -311,18 +255,18 @@ def compute_features(ohlcv: pd.DataFrame) -> pd.DataFrame:
     f["rv_5"] = rv(5)
     f["rv_20"] = rv20
     f["rv_60"] = rv(60)
-    f["parkinson_5"] = _rv(park_sq, 5)
-    f["parkinson_20"] = _rv(park_sq, 20)
-    f["garman_klass_5"] = _rv(gk_sq, 5)
-    f["garman_klass_20"] = _rv(gk_sq, 20)
+    f["parkinson_5"] = annualised_rms(park_sq, 5)
+    f["parkinson_20"] = annualised_rms(park_sq, 20)
+    f["garman_klass_5"] = annualised_rms(gk_sq, 5)
+    f["garman_klass_20"] = annualised_rms(gk_sq, 20)
     f["hl_range"] = hl
     f["up_excursion"] = up
-    f["up_hit_20"] = _mean(up_hit, 20)
-    f["atr_14"] = _mean(tr, 14) / c
+    f["up_hit_20"] = rolling_mean(up_hit, 20)
+    f["atr_14"] = rolling_mean(tr, 14) / c
     f["sma_ratio_20"] = sma_ratio(20)
     f["sma_ratio_50"] = sma_ratio(50)
     f["sma_ratio_200"] = sma_ratio(200)
-    f["rsi_14"] = _rsi(c, 14)
+    f["rsi_14"] = wilder_rsi(c, 14)
     f["volume_ratio_20"] = vol_ratio(20)
     f["day_of_week"] = dates.dt.day_of_week.astype(np.float64)
 
@@ -332,79 +276,79 @@ def compute_features(ohlcv: pd.DataFrame) -> pd.DataFrame:
     f["ret_60"] = ret(60)
     f["rv_10"] = rv(10)
     f["rv_120"] = rv(120)
-    f["parkinson_10"] = _rv(park_sq, 10)
-    f["parkinson_60"] = _rv(park_sq, 60)
-    f["garman_klass_10"] = _rv(gk_sq, 10)
-    f["garman_klass_60"] = _rv(gk_sq, 60)
-    f["rogers_satchell_20"] = _rv(rs_sq, 20)
+    f["parkinson_10"] = annualised_rms(park_sq, 10)
+    f["parkinson_60"] = annualised_rms(park_sq, 60)
+    f["garman_klass_10"] = annualised_rms(gk_sq, 10)
+    f["garman_klass_60"] = annualised_rms(gk_sq, 60)
+    f["rogers_satchell_20"] = annualised_rms(rs_sq, 20)
     f["yang_zhang_20"] = yang_zhang(20)
     f["gap_ret"] = np.log(o / prev_c)
     f["oc_ret"] = co
-    f["close_location"] = _div(c - l, h - l, 0.5)
-    f["up_excursion_mean_5"] = _mean(up, 5)
-    f["rv_ratio_5_20"] = _div(f["rv_5"], rv20, 1.0)
-    f["rv_ratio_20_120"] = _div(rv20, f["rv_120"], 1.0)
+    f["close_location"] = safe_div(c - l, h - l, 0.5)
+    f["up_excursion_mean_5"] = rolling_mean(up, 5)
+    f["rv_ratio_5_20"] = safe_div(f["rv_5"], rv20, 1.0)
+    f["rv_ratio_20_120"] = safe_div(rv20, f["rv_120"], 1.0)
     f["sma_ratio_10"] = sma_ratio(10)
     f["sma_ratio_100"] = sma_ratio(100)
-    f["sma_cross_20_50"] = _mean(c, 20) / _mean(c, 50) - 1
-    f["sma_cross_50_200"] = _mean(c, 50) / _mean(c, 200) - 1
+    f["sma_cross_20_50"] = rolling_mean(c, 20) / rolling_mean(c, 50) - 1
+    f["sma_cross_50_200"] = rolling_mean(c, 50) / rolling_mean(c, 200) - 1
     f["dist_high_20"] = np.log(c / h.rolling(20, min_periods=20).max())
     f["dist_low_20"] = np.log(c / l.rolling(20, min_periods=20).min())
     f["macd"] = macd
     f["macd_signal"] = macd_signal
-    f["stoch_k_14"] = _stoch(c, h, l, 14)
-    f["bollinger_b_20"] = _div(c - _mean(c, 20) + 2 * std20, 4 * std20, 0.5)
+    f["stoch_k_14"] = stochastic_k(c, h, l, 14)
+    f["bollinger_b_20"] = safe_div(c - rolling_mean(c, 20) + 2 * std20, 4 * std20, 0.5)
     f["volume_ratio_5"] = vol_ratio(5)
     f["month"] = dates.dt.month.astype(np.float64)
 
     f["ret_120"] = ret(120)
     f["ret_252"] = ret(252)
     f["rv_252"] = rv(252)
-    f["downside_vol_20"] = _rv(r.clip(upper=0) ** 2, 20)
-    f["upside_vol_20"] = _rv(r.clip(lower=0) ** 2, 20)
-    f["vol_of_vol_60"] = _div(_std(rv20, 60), _mean(rv20, 60), 0.0)
-    f["rv_ratio_20_252"] = _div(rv20, f["rv_252"], 1.0)
-    f["parkinson_120"] = _rv(park_sq, 120)
-    f["garman_klass_120"] = _rv(gk_sq, 120)
-    f["rogers_satchell_5"] = _rv(rs_sq, 5)
-    f["rogers_satchell_60"] = _rv(rs_sq, 60)
+    f["downside_vol_20"] = annualised_rms(r.clip(upper=0) ** 2, 20)
+    f["upside_vol_20"] = annualised_rms(r.clip(lower=0) ** 2, 20)
+    f["vol_of_vol_60"] = safe_div(rolling_std(rv20, 60), rolling_mean(rv20, 60), 0.0)
+    f["rv_ratio_20_252"] = safe_div(rv20, f["rv_252"], 1.0)
+    f["parkinson_120"] = annualised_rms(park_sq, 120)
+    f["garman_klass_120"] = annualised_rms(gk_sq, 120)
+    f["rogers_satchell_5"] = annualised_rms(rs_sq, 5)
+    f["rogers_satchell_60"] = annualised_rms(rs_sq, 60)
     f["yang_zhang_60"] = yang_zhang(60)
-    f["hl_range_mean_5"] = _mean(hl, 5)
-    f["hl_range_mean_20"] = _mean(hl, 20)
-    f["atr_5"] = _mean(tr, 5) / c
+    f["hl_range_mean_5"] = rolling_mean(hl, 5)
+    f["hl_range_mean_20"] = rolling_mean(hl, 20)
+    f["atr_5"] = rolling_mean(tr, 5) / c
     f["up_excursion_max_5"] = up.rolling(5, min_periods=5).max()
-    f["up_excursion_mean_20"] = _mean(up, 20)
-    f["up_hit_60"] = _mean(up_hit, 60)
+    f["up_excursion_mean_20"] = rolling_mean(up, 20)
+    f["up_hit_60"] = rolling_mean(up_hit, 60)
     f["down_excursion"] = np.log(l / prev_c)
     f["upper_shadow"] = np.log(h / np.maximum(o, c))
     f["lower_shadow"] = np.log(np.minimum(o, c) / l)
-    f["skew_20"] = _moment(r, 20, "skew")
-    f["kurt_20"] = _moment(r, 20, "kurt")
-    f["skew_60"] = _moment(r, 60, "skew")
+    f["skew_20"] = rolling_moment(r, 20, "skew")
+    f["kurt_20"] = rolling_moment(r, 20, "kurt")
+    f["skew_60"] = rolling_moment(r, 60, "skew")
     f["max_ret_20"] = r.rolling(20, min_periods=20).max()
     f["min_ret_20"] = r.rolling(20, min_periods=20).min()
-    f["autocorr_60"] = _moment(r, 60, "corr", r.shift(1))
+    f["autocorr_60"] = rolling_moment(r, 60, "corr", r.shift(1))
     f["sma_ratio_5"] = sma_ratio(5)
     f["ema_ratio_12"] = c / ema12 - 1
     f["ema_ratio_26"] = c / ema26 - 1
-    f["slope_20"] = _slope(np.log(c), 20)
-    f["slope_60"] = _slope(np.log(c), 60)
+    f["slope_20"] = rolling_slope(np.log(c), 20)
+    f["slope_60"] = rolling_slope(np.log(c), 60)
     f["dist_high_252"] = np.log(c / h.rolling(252, min_periods=252).max())
     f["dist_low_252"] = np.log(c / l.rolling(252, min_periods=252).min())
-    f["bollinger_width_20"] = 4 * std20 / _mean(c, 20)
+    f["bollinger_width_20"] = 4 * std20 / rolling_mean(c, 20)
     f["macd_hist"] = macd - macd_signal
-    f["rsi_7"] = _rsi(c, 7)
-    f["rsi_28"] = _rsi(c, 28)
-    f["stoch_k_5"] = _stoch(c, h, l, 5)
-    f["stoch_d_14"] = _mean(f["stoch_k_14"], 3)
-    f["cci_20"] = _div(tp - _mean(tp, 20), 0.015 * _mean_abs_dev(tp, 20), 0.0)
-    f["adx_14"] = _ewm(dx, 1 / 14, 14)
-    f["di_spread_14"] = _div(plus_di - minus_di, di_sum, 0.0)
-    f["mfi_14"] = 100 * _div(pos_flow.rolling(14, min_periods=14).sum(), flow_sum, 0.5)
+    f["rsi_7"] = wilder_rsi(c, 7)
+    f["rsi_28"] = wilder_rsi(c, 28)
+    f["stoch_k_5"] = stochastic_k(c, h, l, 5)
+    f["stoch_d_14"] = rolling_mean(f["stoch_k_14"], 3)
+    f["cci_20"] = safe_div(tp - rolling_mean(tp, 20), 0.015 * rolling_mean_abs_dev(tp, 20), 0.0)
+    f["adx_14"] = ewm_mean(dx, 1 / 14, 14)
+    f["di_spread_14"] = safe_div(plus_di - minus_di, di_sum, 0.0)
+    f["mfi_14"] = 100 * safe_div(pos_flow.rolling(14, min_periods=14).sum(), flow_sum, 0.5)
     f["volume_ratio_60"] = vol_ratio(60)
-    f["volume_z_20"] = _div(lv - _mean(lv, 20), _std(lv, 20), 0.0)
+    f["volume_z_20"] = safe_div(lv - rolling_mean(lv, 20), rolling_std(lv, 20), 0.0)
     f["volume_change"] = lv.diff()
-    f["vwap_ratio_20"] = _div(c * v.rolling(20, min_periods=20).sum(), (tp * v).rolling(20, min_periods=20).sum(), 1.0) - 1
+    f["vwap_ratio_20"] = safe_div(c * v.rolling(20, min_periods=20).sum(), (tp * v).rolling(20, min_periods=20).sum(), 1.0) - 1
     f["day_of_month"] = dates.dt.day.astype(np.float64)
     f["days_since_prev"] = dates.diff().dt.days.astype(np.float64)
 

@@ -23,10 +23,6 @@ SPLITS = ("train", "val", "test")
 Bounds = dict[str, tuple[int, int]]
 
 
-def purge_gap(horizons: list[int] | tuple[int, ...], context_len: int, extra: int = 0) -> int:
-    return max(horizons) + context_len + extra
-
-
 def split_bounds(n_rows: int, fractions: Mapping[str, float], gap: int) -> Bounds:
     """Half-open row ranges per split; the fractions share the rows left after the two gaps."""
     usable = n_rows - 2 * gap

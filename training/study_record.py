@@ -74,6 +74,12 @@ class Study:
         return ModelConfig.from_dict(self.best["model_config"])
 
     @property
+    def raw_version(self) -> str | None:
+        """The ``data.dvc`` hash of the raw data the study ran on (``data_version`` in a ``best.json``
+        written before the rename to ``raw_version``)."""
+        return self.best.get("raw_version", self.best.get("data_version"))
+
+    @property
     def val_auc(self) -> float:
         return float(self.best["metrics"][METRIC])
 

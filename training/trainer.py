@@ -16,9 +16,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
 import math
 import sys
 import time
@@ -35,6 +33,8 @@ from tqdm.auto import tqdm
 from common.errors import TierHpoError
 from evaluation.metrics import DEFAULT_ECE_BINS, EPOCH_METRIC_NAMES, classification_metrics
 from training.dataset import TierData
+from training.device import autocast_context, resolve_device, training_attention
+from training.inference import SplitWindows, check_compatible, split_logits
 from training.model import ModelConfig, PatchTSTClassifier, count_parameters
 
 STATUSES = ("completed", "early_stopped", "nan_loss")
@@ -126,54 +126,6 @@ class TrainResult:
         return self.status in ("completed", "early_stopped")
 
 
-class SplitWindows:
-    """The windows of one split on ``device``, as batches ``(B, L, F)``.
-
-    Materialised once as a contiguous ``(n, L, F)`` tensor when that stays under
-    ``MATERIALISE_BYTES`` (a row gather is then one ``index_select`` of whole windows, ~5x
-    faster than gathering ``B x L`` day rows, and evaluation batches are free views);
-    otherwise each batch is gathered from the ``(N, F)`` day rows.
-    """
-
-    MATERIALISE_BYTES = 1 << 30
-
-    def __init__(self, data: TierData, split: str, device: torch.device) -> None:
-        self.index = torch.from_numpy(data.window_index(split)).to(device)  # (n, L)
-        features = torch.from_numpy(data.features).to(device)  # (N, F)
-        size = self.index.numel() * features.shape[1] * features.element_size()
-        self.features = features
-        self.dense = features[self.index] if size <= self.MATERIALISE_BYTES else None  # (n, L, F)
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def take(self, rows: torch.Tensor) -> torch.Tensor:
-        """Windows ``rows`` (B,) -> (B, L, F)."""
-        return self.dense.index_select(0, rows) if self.dense is not None else self.features[self.index[rows]]
-
-    def span(self, start: int, stop: int) -> torch.Tensor:
-        """Windows ``start:stop`` in time order -> (B, L, F)."""
-        return self.dense[start:stop] if self.dense is not None else self.features[self.index[start:stop]]
-
-
-def _mps_available() -> bool:
-    mps = getattr(torch.backends, "mps", None)
-    return bool(mps is not None and mps.is_available())
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto``: CUDA when available, else MPS (Apple silicon), else the CPU; a named device must exist."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if _mps_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TierHpoError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
-    if name == "mps" and not _mps_available():
-        raise TierHpoError("train.device is 'mps' but no MPS device is available; use 'auto' or 'cpu'")
-    return torch.device(name)
-
-
 def train(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
@@ -185,7 +137,7 @@ def train(
     """Train on ``data``'s train split with early stopping on its val split; see the module doc.
 
     ``ece_bins`` is ``metrics.ece_bins`` (the ``metrics`` section owns it, not ``train``)."""
-    _check_compatible(model_cfg, data)
+    check_compatible(model_cfg, data)
     started = time.perf_counter()
     device = resolve_device(train_cfg.device)
     _memory_guard(model_cfg, train_cfg, data, device)
@@ -207,8 +159,8 @@ def train(
     scheduler = _warmup_cosine(optimizer, train_cfg.warmup_frac, steps_per_epoch * train_cfg.max_epochs)
     pos_weight = None if train_cfg.pos_weight is None else torch.tensor(train_cfg.pos_weight, device=device)
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-    autocast = _autocast(device)
-    attention = _training_attention(device)
+    autocast = autocast_context(device)
+    attention = training_attention(device)
     base_rate = data.base_rate
 
     history: list[dict[str, float]] = []
@@ -242,7 +194,7 @@ def train(
             if not math.isfinite(train_loss):
                 status, reason = "nan_loss", f"non-finite training loss ({train_loss}) in epoch {epoch}"
                 break
-            pred = _sigmoid(_logits(model, val_x, train_cfg.eval_batch_size, autocast))
+            pred = expit(split_logits(model, val_x, train_cfg.eval_batch_size, autocast))
             if not np.isfinite(pred).all():
                 status, reason = "nan_loss", f"non-finite validation predictions in epoch {epoch}"
                 break
@@ -282,54 +234,6 @@ def train(
     )
 
 
-def load_model(model_cfg: ModelConfig, state_dict: dict[str, torch.Tensor], device: str = "cpu") -> PatchTSTClassifier:
-    """The network with ``state_dict`` loaded, in eval mode on ``device``."""
-    model = PatchTSTClassifier(model_cfg)
-    model.load_state_dict(state_dict)
-    return model.to(resolve_device(device)).eval()
-
-
-def predict_logits(
-    model_cfg: ModelConfig,
-    state_dict: dict[str, torch.Tensor],
-    data: TierData,
-    split: str,
-    batch_size: int = 4096,
-    device: str = "auto",
-) -> np.ndarray:
-    """Logits ``(n_split,)`` float64 of every window of ``split`` (promotion, cross-budget)."""
-    _check_compatible(model_cfg, data)
-    model = load_model(model_cfg, state_dict, device)
-    dev = next(model.parameters()).device
-    return _logits(model, SplitWindows(data, split, dev), batch_size, _autocast(dev))
-
-
-def predict_proba(
-    model_cfg: ModelConfig,
-    state_dict: dict[str, torch.Tensor],
-    data: TierData,
-    split: str,
-    batch_size: int = 4096,
-    device: str = "auto",
-) -> np.ndarray:
-    """Probabilities ``(n_split,)`` float64 of every window of ``split``."""
-    return _sigmoid(predict_logits(model_cfg, state_dict, data, split, batch_size, device))
-
-
-def logits_of_windows(model: PatchTSTClassifier, windows: np.ndarray, batch_size: int = 4096) -> np.ndarray:
-    """Logits ``(n,)`` float64 for standardised windows ``(n, L, F)`` (or one window ``(L, F)``)."""
-    x = np.asarray(windows, dtype=np.float32)
-    if x.ndim == 2:
-        x = x[None]
-    dev = next(model.parameters()).device
-    model.eval()
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(x), batch_size):
-            out.append(model(torch.from_numpy(x[start:start + batch_size]).to(dev)).float().cpu())
-    return torch.cat(out).double().numpy() if out else np.empty(0)
-
-
 def _memory_guard(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TierData, device: torch.device) -> None:
     """Refuse (``MemoryLimitError``, before any allocation) a run that would exhaust memory: the
     HPO objective records it as that trial's FAIL with the reason (training.memory)."""
@@ -338,14 +242,6 @@ def _memory_guard(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TierData
 
     guard(model_cfg, count_params(model_cfg), train_cfg.batch_size, train_cfg.eval_batch_size, len(data.features),
           train_cfg.max_memory_gb, device.type)
-
-
-def _check_compatible(model_cfg: ModelConfig, data: TierData) -> None:
-    if model_cfg.n_features != data.n_features or model_cfg.context_len != data.context_len:
-        raise TierHpoError(
-            f"model expects {model_cfg.n_features} features x {model_cfg.context_len} days but the tier has "
-            f"{data.n_features} x {data.context_len}; re-solve the model for this tier"
-        )
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -367,36 +263,6 @@ def _warmup_cosine(optimizer: torch.optim.Optimizer, warmup_frac: float, total_s
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def _training_attention(device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    """A factory of the attention-backend context for training steps. On the CPU, the plain
-    matmul SDPA backend: with the few tokens of a window (<= 16) and small heads, the fused
-    CPU flash kernel measured ~1.5x slower per step (forward + backward)."""
-    if device.type == "cpu":
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        return functools.partial(sdpa_kernel, [SDPBackend.MATH])
-    return contextlib.nullcontext
-
-
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()  # fp32 on the CPU and on MPS
-
-
-def _logits(model: nn.Module, windows: SplitWindows, batch_size: int, autocast) -> np.ndarray:
-    model.eval()
-    out = []
-    with torch.inference_mode(), autocast:
-        for start in range(0, len(windows), batch_size):
-            out.append(model(windows.span(start, start + batch_size)).float())
-    return torch.cat(out).double().cpu().numpy()
-
-
-def _sigmoid(logits: np.ndarray) -> np.ndarray:
-    return expit(logits)
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from common.errors import TierHpoError
-from evaluation import stats
+from evaluation import scaling
 from training import baseline_record
 
-VERDICT_CODE = {stats.MONOTONIC: 1, stats.INCONCLUSIVE: 0, stats.VIOLATED: -1}  # per-tier single-model test
+VERDICT_CODE = {scaling.MONOTONIC: 1, scaling.INCONCLUSIVE: 0, scaling.VIOLATED: -1}  # per-tier single-model test
 BUDGET_VERDICT_CODE = {"monotonic": 1, "inconclusive": 0, "violated": -1}  # the grid's (selection record) words
 TIER_VERDICT_CODE = {"more features help": 1, "inconclusive": 0, "more features hurt": -1}
 # vol = a logistic regression on 5-day Parkinson volatility alone (training/baseline_record.py)

@@ -9,17 +9,17 @@ from typing import Any
 
 import jinja2
 
-from evaluation import stats
+from evaluation import scaling
 from pipelines.report.params import BASELINE_NAMES
 
 TEMPLATES = Path(__file__).with_name("templates")
 
 SCALING_WORDS = {
-    stats.MONOTONIC: "Test AUC rises with the real parameter count at every step, and every step is a "
+    scaling.MONOTONIC: "Test AUC rises with the real parameter count at every step, and every step is a "
                      "significant gain (paired, Holm-adjusted). On this test split, larger is better.",
-    stats.VIOLATED: "A larger model is significantly worse than a smaller one on the same test days "
+    scaling.VIOLATED: "A larger model is significantly worse than a smaller one on the same test days "
                     "(paired, Holm-adjusted). On this test split, scaling is violated.",
-    stats.INCONCLUSIVE: "The data cannot order these budgets: no larger model is significantly worse, but not every "
+    scaling.INCONCLUSIVE: "The data cannot order these budgets: no larger model is significantly worse, but not every "
                         "step up is a significant gain. Differences between point estimates below are within "
                         "noise and must not be read as a trend.",
 }

@@ -13,7 +13,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from common.errors import TierHpoError
-from evaluation import stats
+from evaluation import scaling, stats
 from pipelines.report.inputs import HorizonInputs, Missing, Study
 from pipelines.report.params import MIN_IMPORTANCE_TRIALS, ReportParams
 from training.search import analysis as hpo_analysis
@@ -54,7 +54,7 @@ def scaling_section(inputs: HorizonInputs, cfg: ReportParams) -> dict[str, Any]:
     scores = shared_test_days(inputs.promote)
     n_days = {b: len(p["predictions"]) for b, p in inputs.promote.items()}
     try:
-        result = stats.scaling_verdict(
+        result = scaling.scaling_verdict(
             scores["y"].to_numpy(), {s.budget: scores[s.budget].to_numpy() for s in inputs.studies},
             {s.budget: s.n_params for s in inputs.studies}, cfg.alpha, method=cfg.method, horizon=inputs.horizon,
             block_length=cfg.block_length, reps=cfg.bootstrap_reps, seed=cfg.seed,

@@ -1,7 +1,7 @@
 """A study as its HPO stage's declared outputs describe it, rebuilt as an in-memory Optuna study.
 
-The report never opens the Optuna store: its inputs are DVC dependencies. ``study.json`` (helper
-A's ``training.search.outputs.StudyOutputs`` contract: ``study_name``, ``direction``,
+The report never opens the Optuna store: its inputs are DVC dependencies. ``study.json`` (the
+HPO stage's record of the study: ``study_name``, ``direction``,
 ``metric_names``, ``distributions`` as ``optuna.distributions.distribution_to_json``, ``trials``
 with ``number, state, value, params, user_attrs, intermediate_values``; optional study
 ``user_attrs`` such as the coverage snapshot) is replayed into ``optuna.create_study()`` with

@@ -83,7 +83,7 @@ def log_to_mlflow(report: dict[str, Any], report_dir: Path) -> str:
     client = store_init.mlflow_client(paths.mlflow_tracking_uri())
     experiment_id, _ = resolve_experiment(report["tiers"][0])
     tags = {"tiers": ",".join(report["tiers"]), "budgets": ",".join(report["budgets"]),
-            "git_commit": report["git_commit"], "data_version": report["data_version"],
+            "git_commit": report["git_commit"], "raw_version": report["raw_version"],
             "horizons": ",".join(str(h) for h in report["horizons"])}
     with stage_run(client, experiment_id, "report", "report", tags) as run_id:
         now = int(pd.Timestamp.now(tz="UTC").timestamp() * 1000)

@@ -81,8 +81,8 @@ def load_cell(tier: str, budget: str, horizon: int, data: Any) -> CellScores:
 
     from evaluation.auc import rank_auc
     from evaluation.calibration import fit_calibrator
+    from training.inference import predict_logits
     from training.model import ModelConfig
-    from training.trainer import predict_logits
 
     directory = paths.study_dir(tier, budget, horizon)
     hint = f"run: tierhpo hpo --tier {tier} --budget {budget} --horizon {horizon}"

@@ -51,7 +51,7 @@ class StorageConfig:
     heartbeat_interval: int = 20  # seconds between a running trial's heartbeats
     grace_period: int = 60  # a RUNNING trial without a heartbeat for this long is failed and retried
     max_retry: int = 2  # retries of a trial whose worker died
-    poll_seconds: float = 2.0  # wait between checks while the remaining budget is held by running trials
+    poll_seconds: float = 2.0  # wait between checks while running trials hold the last trial slots
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval < 1 or self.grace_period <= self.heartbeat_interval:

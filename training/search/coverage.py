@@ -159,9 +159,6 @@ class CoverageTracker:
     def from_trials(self, trials: Iterable[optuna.trial.FrozenTrial]) -> Coverage:
         return self.coverage(t.params for t in trials if t.state in EXPLORED_STATES)
 
-    def from_study(self, study: optuna.Study) -> Coverage:
-        return self.from_trials(study.get_trials(deepcopy=False, states=EXPLORED_STATES))
-
     def gain(self, coverage: Coverage, params: Mapping[str, Any]) -> float:
         """How much ``params`` would raise coverage: the sum over axes of the fraction it adds."""
         total = 0.0

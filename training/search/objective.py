@@ -4,7 +4,7 @@ with pruning, classify the outcome, record it in Optuna and MLflow, tell the stu
 The order at the end is deliberate: user attributes, then (for a new best) the checkpoint, then
 ``study.tell``, then the MLflow run's final status. A process killed between ``tell`` and the
 MLflow call leaves a RUNNING run for a finished trial, which the next start closes
-(``StudyTracking.reconcile`` via ``study.reconcile_runs``); the reverse order could leave a
+(``study.reconcile_runs``); the reverse order could leave a
 FINISHED run for a trial that the heartbeat then fails and retries.
 
 Objective value: ``val/auc`` at the trainer's best epoch, except

@@ -172,7 +172,7 @@ def finalize_study(handle: Any, n_trials: int, *, plots: bool = True, status: st
         "params": best.params, "model_config": info.get("model_config"), "train_config": info.get("train_config"),
         "n_params": info.get("n_params"), "metrics": best.user_attrs.get("metrics") or {},
         "context_len": spec.context_len, "n_features": spec.n_features,
-        "data_version": provenance.data_version(), "tier_data_version": spec.data_version,
+        "raw_version": provenance.raw_version(), "tier_version": spec.tier_version,
         "git_commit": provenance.git_commit(),
     }
     return StudyResult(study.study_name, redact(handle.storage_url), best_doc, metrics, trial_rows(trials),

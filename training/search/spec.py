@@ -2,7 +2,7 @@
 ``Engine`` a process derives from it once (budget-feasible space, coverage bins, forced points).
 
 ``spec.study_name`` is ``"{tier}-{budget}-h{horizon}-{hash}"``; the hash covers the search space,
-the model/trainer/metric settings that change results, the data version, the seed, the forced
+the model/trainer/metric settings that change results, the tier version, the seed, the forced
 phase, the coverage and pruner settings and the sampler. Not covered: the number of trials (so a
 larger ``--trials`` extends a study), threads, storage and tracking locations.
 """
@@ -40,7 +40,7 @@ class StudySpec:
     space: SearchSpace
     n_features: int
     context_len: int
-    data_version: str  # content hash of the tier data the study trains on
+    tier_version: str  # md5s of the validated tier files the study trains on (pipelines.hpo.tier_version)
     model: ModelParams = field(default_factory=ModelParams)
     train: TrainConfig = field(default_factory=TrainConfig)
     metrics: MetricsParams = field(default_factory=MetricsParams)
@@ -67,23 +67,26 @@ class StudySpec:
 
     @classmethod
     def from_params(cls, hpo: HpoConfig, *, tier: str, budget: str, horizon: int, data: TierData,
-                    data_version: str, model: ModelParams, train: TrainConfig, metrics: MetricsParams,
+                    tier_version: str, model: ModelParams, train: TrainConfig, metrics: MetricsParams,
                     symbol: str = "") -> StudySpec:
         return cls(
             tier=tier, budget=budget, horizon=horizon, space=SearchSpace.from_config(hpo.space),
-            n_features=data.n_features, context_len=data.context_len, data_version=data_version,
+            n_features=data.n_features, context_len=data.context_len, tier_version=tier_version,
             model=model, train=train, metrics=metrics, seed=hpo.seed, forced=hpo.forced,
             forced_inset=hpo.forced_inset, coverage=hpo.coverage, pruner=hpo.pruner,
             late_prune_fraction=hpo.late_prune_fraction, symbol=symbol,
         )
 
     def identity(self) -> dict[str, Any]:
-        """What the study name's hash covers (stored in the study, checked on every load)."""
+        """What the study name's hash covers (stored in the study, checked on every load).
+
+        The tier version is hashed under its old key ``data_version``: renaming the key would rename
+        every existing study (a new hash) and orphan its trials in the store."""
         train = {k: v for k, v in self.train.to_dict().items() if k not in _NOT_HASHED_TRAIN}
         return {
             "tier": self.tier, "budget": self.budget, "horizon": self.horizon, "symbol": self.symbol,
             "space": self.space.to_json(), "n_features": self.n_features, "context_len": self.context_len,
-            "data_version": self.data_version, "model": dataclasses.asdict(self.model), "train": train,
+            "data_version": self.tier_version, "model": dataclasses.asdict(self.model), "train": train,
             "metrics": dataclasses.asdict(self.metrics), "seed": self.seed, "forced": self.forced,
             "forced_inset": self.forced_inset, "coverage": dataclasses.asdict(self.coverage),
             "pruner": dataclasses.asdict(self.pruner), "late_prune_fraction": self.late_prune_fraction,

@@ -1,18 +1,17 @@
-"""The study storage: check an Optuna storage URL before anything touches it, open it, lock it.
+"""The study storage: reach it, create its schema once, open it for workers and readers, lock a study.
 
 Every failure here is a one-line ``TierHpoError`` that says what to fix, raised *before*
 ``optuna.storages.RDBStorage`` runs: RDBStorage creates tables (and SQLite creates files) on
 first contact, so a typo must stop us earlier, with no study and no file created by accident.
 URLs are shown only through ``common.redact.redact``.
 
-* ``normalize_storage_url(url)``: parse, check the backend, return the URL unchanged in meaning
-  (``postgresql://`` is SQLAlchemy 2.1's psycopg 3 default, the installed driver, so the same URL
-  works in tierhpo, Optuna, optuna-dashboard and ``mlflow server``; nothing is rewritten).
+* The URL's shape is checked first, with no I/O, by ``training.search.storage_url``
+  (``normalize_storage_url``).
 * ``check_storage_reachable(url)``: connect once (short timeout) and translate libpq failures
   (missing database, refused connection, bad credentials) into one actionable line.
 * ``ensure_schema(url)``: create Optuna's tables once, under a lock.
 * ``make_storage(url, cfg, on_stale)``: the ``RDBStorage`` with heartbeats that workers use
-  (SQLite in WAL mode). ``open_storage(url)``: the same for readers, without heartbeats.
+  (SQLite in WAL mode).
 * ``study_lock(url, study_name)``: a cross-process, cross-machine mutex for the few
   read-decide-write steps that must not interleave (study setup, "is there a trial slot left?"
   + ``ask``). PostgreSQL advisory lock, or ``flock`` on a file next to a SQLite database; both
@@ -38,6 +37,12 @@ from typing import TYPE_CHECKING, Any
 from common import store_init
 from common.errors import TierHpoError
 from common.redact import redact
+from training.search.storage_url import (
+    backend_is_sqlite,
+    is_postgres,
+    normalize_storage_url,
+    parse_storage_url,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -46,80 +51,7 @@ if TYPE_CHECKING:
 
     from training.search.config import StorageConfig
 
-PG_DRIVERS = (None, "psycopg")  # psycopg 3 (psycopg[binary]); SQLAlchemy's default for postgresql://
 CONNECT_TIMEOUT_S = 5
-SUPPORTED = "sqlite:////abs/path/optuna.db or postgresql://USER@HOST[:PORT]/DBNAME"
-
-
-def has_inline_password(url: str) -> bool:
-    """Whether ``url`` carries a password (in its user info or a ``password=`` query parameter)."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        parsed = make_url(str(url).strip())
-    except Exception:
-        return False
-    return bool(parsed.password) or any("password" in k.lower() for k in parsed.query)
-
-
-def _parse(url: str):
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    if not isinstance(url, str) or not url.strip():
-        raise TierHpoError(f"empty storage URL; use {SUPPORTED}")
-    try:
-        return make_url(url.strip())
-    except (ArgumentError, ValueError) as exc:
-        reason = "the port must be a number" if isinstance(exc, ValueError) else "it is not a URL"
-        raise TierHpoError(f"cannot parse storage URL {redact(url)!r} ({reason}); use {SUPPORTED}") from None
-
-
-def normalize_storage_url(url: str, *, from_params_file: bool = False) -> str:
-    """Validate the shape of ``url`` (no I/O) and return the URL to give to SQLAlchemy/Optuna.
-
-    ``from_params_file``: the URL came from a versioned file (params.yaml), where a password
-    would end up in git and DVC; refuse it there.
-    """
-    parsed = _parse(url)
-    backend = parsed.drivername.split("+", 1)[0]
-    driver = parsed.drivername.split("+", 1)[1] if "+" in parsed.drivername else None
-    shown = redact(url)
-    if from_params_file and has_inline_password(url):
-        raise TierHpoError(
-            f"storage URL {shown} in params.yaml holds a password; remove it and put it in "
-            "~/.pgpass or PGPASSWORD (see docs/distributed.md)"
-        )
-    if backend == "sqlite":
-        db = parsed.database
-        if not db or db == ":memory:" or db.startswith("file::memory:"):
-            raise TierHpoError(f"storage URL {shown} is an in-memory SQLite database; workers cannot share it. "
-                               f"Use {SUPPORTED}")
-        path = Path(db).expanduser()
-        if not path.is_absolute():
-            raise TierHpoError(f"storage URL {shown} has a relative SQLite path; use an absolute one "
-                               f"(sqlite:////abs/path/optuna.db) so every process opens the same file")
-        if not path.parent.is_dir():
-            raise TierHpoError(f"storage URL {shown}: folder {path.parent} does not exist; create it first")
-        if path.exists() and not path.is_file():
-            raise TierHpoError(f"storage URL {shown}: {path} is not a file")
-        return parsed.set(database=str(path)).render_as_string(hide_password=False)
-    if backend == "postgres":
-        # SQLAlchemy, Optuna and MLflow all refuse the 'postgres' scheme: say so here, once.
-        raise TierHpoError(f"storage URL {shown}: write postgresql://..., the scheme SQLAlchemy, Optuna "
-                           f"and mlflow server accept")
-    if backend == "postgresql":
-        if driver not in PG_DRIVERS:
-            raise TierHpoError(f"storage URL {shown}: driver '{driver}' is not supported; "
-                               f"use postgresql://... (psycopg 3, SQLAlchemy's default)")
-        if not parsed.database:
-            raise TierHpoError(f"storage URL {shown} names no database; use {SUPPORTED}")
-        return str(url).strip()
-    raise TierHpoError(f"unsupported storage backend '{parsed.drivername}' in {shown}; use {SUPPORTED}")
-
-
-def is_postgres(url: str) -> bool:
-    return _parse(url).drivername.startswith("postgres")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -152,7 +84,7 @@ def connection_error(url: str, exc: BaseException) -> TierHpoError:
 
 def describe_connection_error(url: str, exc: BaseException) -> str:
     """One actionable line for a failed connection to the storage at ``url``."""
-    parsed = _parse(url)
+    parsed = parse_storage_url(url)
     where = f"{parsed.host or 'local socket'}:{parsed.port or 5432}"
     text = str(getattr(exc, "orig", None) or exc)
     if "does not exist" in text and "database" in text:
@@ -178,10 +110,6 @@ def _is_operational(exc: BaseException) -> bool:
 
     return isinstance(exc, (sqlalchemy.exc.OperationalError, OSError)) or \
         type(getattr(exc, "orig", None)).__name__ == "OperationalError"
-
-
-def backend_is_sqlite(parsed: Any) -> bool:
-    return parsed.drivername.split("+", 1)[0] == "sqlite"
 
 
 def _engine(url: str):
@@ -316,7 +244,7 @@ def study_lock(url: str, study_name: str, timeout_s: float = 600.0, poll_s: floa
         with _pg_advisory_lock(url, study_name, deadline, timeout_s, poll_s):
             yield
         return
-    db = Path(_parse(url).database)
+    db = Path(parse_storage_url(url).database)
     lock_path = db.with_name(f"{db.name}.{hashlib.sha1(study_name.encode()).hexdigest()[:10]}.lock")
     with open(lock_path, "a") as handle:
         while True:
@@ -339,7 +267,7 @@ def _sqlite_wal(url: str) -> None:
     instead of several, and readers never block the writer. Safe for several processes on one host."""
     import sqlite3
 
-    db = _parse(url).database
+    db = parse_storage_url(url).database
     if not db or db == ":memory:" or db.startswith("file:"):
         return
     Path(db).parent.mkdir(parents=True, exist_ok=True)
@@ -381,21 +309,3 @@ def make_storage(url: str, cfg: StorageConfig,
     # A fresh SQLite file gets its tables from the first RDBStorage: serialise that (and check the
     # file is writable and sound first) so two first runs never create the schema at once.
     return store_init.open_optuna_sqlite(url, build)
-
-
-def open_storage(url: str) -> RDBStorage:
-    """An existing study storage for reading (no heartbeats, no table creation): a missing SQLite
-    file or an unreachable server is one line, never a new database."""
-    from optuna.storages import RDBStorage
-
-    url = normalize_storage_url(url)
-    if url.startswith("sqlite"):
-        if not Path(_parse(url).database or "").is_file():
-            raise TierHpoError(f"the Optuna storage {redact(url)} does not exist; point TIERHPO_OPTUNA_STORAGE "
-                               "at the storage the HPO used")
-        kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}}  # an HPO worker may hold the write lock
-    else:
-        url = check_storage_reachable(url)
-        kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
-    return store_init.open_optuna_sqlite(
-        url, lambda: RDBStorage(url, engine_kwargs=kwargs, skip_table_creation=True), writable=False)

@@ -106,7 +106,7 @@ def open_study(spec: StudySpec, storage_url: str | None = None, settings: Worker
         handler.tracking = tracking
         params = {"study_name": name, "storage": redact(url), "seed": spec.seed, "forced": spec.forced,
                   "sampler": spec.sampler, "pruner": spec.pruner.kind, "coverage_target": spec.coverage.target,
-                  "space": engine.space.fingerprint_text(), "data_version": spec.data_version,
+                  "space": engine.space.fingerprint_text(), "tier_version": spec.tier_version,
                   "feasible_architectures": len(engine.feasibility.combos)}
         parent = tracking.open_parent(study.user_attrs.get(PARENT_ATTR), params, base_tags(spec, name))
         if study.user_attrs.get(PARENT_ATTR) != parent:

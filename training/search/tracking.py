@@ -9,7 +9,7 @@ created in that run's experiment and nested under it; the outer run itself is le
 
 Run statuses follow the trial: FINISHED (complete), KILLED (pruned, interrupted, worker died),
 FAILED (exception, NaN loss, infeasible). Callers end runs in ``finally`` blocks, and
-:meth:`StudyTracking.reconcile` closes any run a killed process left RUNNING.
+:func:`training.search.study.reconcile_runs` closes any run a killed process left RUNNING.
 
 Metric layout (one key, one meaning, so no chart mixes two things under one name):
 

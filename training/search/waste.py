@@ -15,7 +15,7 @@
 
 The wasted fraction is ``wasted / finished`` over finished trials (COMPLETE, PRUNED, FAIL).
 "Void" trials are not counted at all: trials a worker claimed but gave back without running
-anything (a race for the last slot of the trial budget, see ``study.run_worker``).
+anything (a race for the last slot of the trial target, see ``study.run_worker``).
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 There is no scheduler here. The coordination is Optuna's RDB storage (PostgreSQL for several
 machines) plus the engine's worker loop (``training.search.study.run_worker``): each worker,
 under a per-study lock (``storage.study_lock``: a PostgreSQL advisory lock, or ``flock``
-beside a SQLite file), fails dead trials, checks the budget and asks for a trial, so
+beside a SQLite file), fails dead trials, checks the trial target and asks for a trial, so
 
-* the trial budget is exact across all workers (COMPLETE + RUNNING never exceeds ``n_trials``),
+* the trial target is exact across all workers (COMPLETE + RUNNING never exceeds ``n_trials``),
 * forced extremes are enqueued once and each is popped by exactly one worker,
 * the coverage tracker reads the finished trials from the storage, never one worker's memory,
 * a worker killed mid-trial is detected (dead pid on this host at once, heartbeat elsewhere), its
@@ -20,7 +20,7 @@ This module adds what a process pool needs around that loop:
   (each worker then ends its trial as KILLED and re-queues it), and summarises the study.
 * Lost database connection: a worker waits for the storage with exponential backoff and resumes
   (the engine's loop is idempotent: it re-reads the study), or exits with one clear line after
-  ``reconnect_tries``. Its unfinished trial stays RUNNING until the heartbeat grace period fails
+  ``reconnect.Backoff.tries`` attempts. Its unfinished trial stays RUNNING until the heartbeat grace period fails
   and re-queues it: the study is never left inconsistent.
 * ``join=True`` (``tierhpo hpo --join``, for extra machines): the study must already exist; a
   different search space or settings is an error naming what differs, and nothing is created.
