@@ -60,7 +60,7 @@ def _study(spec, storage: str | None = None) -> optuna.Study:
     return optuna.load_study(study_name=spec.study_name, storage=storage or default_storage())
 
 
-@pytest.mark.parametrize("k", [2, 4])
+@pytest.mark.parametrize("k", [pytest.param(2, marks=pytest.mark.slow), 4])
 def test_batched_study_has_exact_counts_and_one_run_per_trial_with_epoch_points(k):
     data = tiny_data()
     spec = shared_spec(data, forced=2)
@@ -76,7 +76,7 @@ def test_batched_study_has_exact_counts_and_one_run_per_trial_with_epoch_points(
         run = runs[str(t.number)]
         assert run.info.run_id == t.user_attrs["mlflow_run_id"] and run.info.status == "FINISHED"
         points = client.get_metric_history(run.info.run_id, "val/auc")
-        assert [p.step for p in points] == [1, 2]  # the member's own per-epoch curve
+        assert sorted(p.step for p in points) == [1, 2]  # the member's own per-epoch curve
         auc = t.user_attrs["metrics"]["val/auc"]  # the best epoch's, one of the points
         assert any(abs(p.value - auc) < 1e-7 for p in points)
     assert client.get_run(result.parent_run_id).info.status == "FINISHED"
