@@ -53,48 +53,75 @@ def _configs(budget: str, spec: dict[str, Any], data, seeds: list[int], epochs: 
     return model, trains
 
 
+def _capped(data, max_train: int | None):
+    """``data`` with at most ``max_train`` training windows (the last ones): a shorter epoch, same shapes."""
+    import dataclasses
+
+    ends = data.split_ends["train"]
+    if not max_train or len(ends) <= max_train:
+        return data
+    return dataclasses.replace(data, split_ends={**data.split_ends, "train": ends[-max_train:]})
+
+
 def _worker(conn, barrier, budget: str, spec: dict[str, Any], seeds: list[int], epochs: int, threads: int,
-            batched: bool) -> None:
+            batched: bool | str, max_train: int | None = None) -> None:
+    """Train ``seeds`` after a barrier; ``batched``: True/"batch" = one ``train_batch``, False/"single"
+    = ``trainer.train`` one after another, "ref" = the naive reference loop of benchmarks.throughput."""
     try:
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[name] = str(threads)
         import torch
 
         torch.set_num_threads(threads)
+        from benchmarks._common import peak_rss_mb, rss_mb
+        from benchmarks.throughput import reference_trial
         from training.batched import train_batch
         from training.trainer import train
 
-        data = load_data(spec)
+        kind = {True: "batch", False: "single"}.get(batched, batched)
+        data = _capped(load_data(spec), max_train)
         model, trains = _configs(budget, spec, data, seeds, epochs)
+        base_rss = rss_mb()
         barrier.wait(timeout=600)
         start = time.time()
-        if batched:
+        if kind == "batch":
             results = train_batch([model] * len(trains), trains, data)
-        else:
+            aucs, ok = [r.val_metrics.get("val/auc") for r in results], sum(r.ok for r in results)
+        elif kind == "single":
             results = [train(model, t, data) for t in trains]
+            aucs, ok = [r.val_metrics.get("val/auc") for r in results], sum(r.ok for r in results)
+        else:
+            outs = [reference_trial(model, data, epochs, t.batch_size, t.lr, seed=t.seed) for t in trains]
+            aucs, ok = [o["val_auc"] for o in outs], len(outs)
         end = time.time()
-        conn.send(("ok", {"start": start, "end": end, "n_params": results[0].n_params,
-                          "ok": sum(r.ok for r in results),
-                          "auc": [r.val_metrics.get("val/auc") for r in results]}))
+        from training.budget import count_params
+
+        conn.send(("ok", {"start": start, "end": end, "n_params": count_params(model), "ok": ok, "auc": aucs,
+                          "n_train": len(data.split_ends["train"]), "peak_rss_mb": peak_rss_mb(),
+                          "rss_over_base_mb": max(0.0, peak_rss_mb() - base_rss)}))
     except BaseException as exc:  # report, never hang the parent
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
     finally:
         conn.close()
 
 
-def run_mode(mode: str, budget: str, spec: dict[str, Any], k: int, epochs: int) -> dict[str, Any]:
-    """Wall seconds of mode ``mode`` training ``k`` seeds (training only), and what it trained."""
+def run_mode(mode: str, budget: str, spec: dict[str, Any], k: int, epochs: int, *,
+             max_train: int | None = None) -> dict[str, Any]:
+    """Wall seconds of mode ``mode`` training ``k`` seeds (training only), and what it trained.
+    Modes a-d as in the module doc, plus ``r`` (the naive reference loop, 2 threads) and ``e``
+    (two 1-thread processes, each one ``train_batch`` of its half)."""
     seeds = list(range(1, k + 1))
-    if mode == "d":
-        jobs = [(seeds[: (k + 1) // 2], 1, False), (seeds[(k + 1) // 2:], 1, False)]
+    halves = [seeds[: (k + 1) // 2], seeds[(k + 1) // 2:]]
+    if mode in ("d", "e"):
+        jobs = [(part, 1, "batch" if mode == "e" else "single") for part in halves if part]
     else:
-        jobs = [(seeds, 1 if mode == "a" else 2, mode == "c")]
+        jobs = [(seeds, 1 if mode == "a" else 2, {"c": "batch", "r": "ref"}.get(mode, "single"))]
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(len(jobs))
     procs, pipes = [], []
-    for part, threads, batched in jobs:
+    for part, threads, kind in jobs:
         parent, child = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_worker, args=(child, barrier, budget, spec, part, epochs, threads, batched))
+        proc = ctx.Process(target=_worker, args=(child, barrier, budget, spec, part, epochs, threads, kind, max_train))
         proc.start()
         child.close()
         procs.append(proc)
@@ -109,6 +136,8 @@ def run_mode(mode: str, budget: str, spec: dict[str, Any], k: int, epochs: int) 
         proc.join()
     wall = max(o["end"] for o in outs) - min(o["start"] for o in outs)
     return {"wall_s": wall, "models_per_s": k / wall, "n_params": outs[0]["n_params"],
+            "model_samples_per_s": k * outs[0]["n_train"] * epochs / wall, "n_train": outs[0]["n_train"],
+            "peak_rss_mb": sum(o["peak_rss_mb"] for o in outs),
             "ok": sum(o["ok"] for o in outs), "auc": [a for o in outs for a in o["auc"]]}
 
 

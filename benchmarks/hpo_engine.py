@@ -60,7 +60,10 @@ def study_spec(arm: str, seed: int, data: Any, epochs: int | None, budget: str |
     return spec, hpo
 
 
-def run_arm(arm: str, seed: int, data: Any, n_trials: int, epochs: int | None, budget: str | None) -> dict[str, Any]:
+def run_arm(arm: str, seed: int, data: Any, n_trials: int, epochs: int | None, budget: str | None, *,
+            batch_trials: int = 1, workers: int = 1) -> dict[str, Any]:
+    """One study; ``workers`` > 1 runs it with that many 1-thread processes (``run_workers``), and
+    ``batch_trials`` is ``hpo.batch_trials`` (benchmarks/hpo_batch.py compares both)."""
     import optuna
     from mlflow.tracking import MlflowClient
 
@@ -75,8 +78,16 @@ def run_arm(arm: str, seed: int, data: Any, n_trials: int, epochs: int | None, b
         # Stores exist in steady state: their one-time table creation is not a per-study cost.
         MlflowClient(tracking_uri).search_experiments()
         optuna.storages.RDBStorage(storage)
-        settings = WorkerSettings(storage=hpo.storage, log_every_s=hpo.log_every_s, tracking_uri=tracking_uri)
-        report = run_worker(spec, data, n_trials, storage, settings=settings)
+        settings = WorkerSettings(storage=hpo.storage, log_every_s=hpo.log_every_s, tracking_uri=tracking_uri,
+                                  batch_trials=batch_trials)
+        if workers > 1:
+            from training.search.workers import run_workers
+
+            result = run_workers(spec, data, n_trials, storage, n_workers=workers, settings=settings, plots=False,
+                                 echo=lambda line: None)
+            report = _merged(result.report)
+        else:
+            report = run_worker(spec, data, n_trials, storage, settings=settings)
         trials = optuna.load_study(study_name=spec.study_name, storage=storage).get_trials()
     finished = sorted(waste.counted(trials), key=lambda t: t.number)
     aucs = [(t.user_attrs.get("metrics") or {}).get("val/auc")
@@ -90,12 +101,24 @@ def run_arm(arm: str, seed: int, data: Any, n_trials: int, epochs: int | None, b
     return {
         "arm": arm, "seed": seed, "n_finished": len(finished),
         "wasted": summary["wasted_fraction"], "by_reason": summary["count"],
-        "best": {k: best_at(k) for k in (*CHECKPOINTS, len(finished))},
+        "best": {k: best_at(k) for k in (*CHECKPOINTS, n_trials, len(finished))},
         "best_all": best_at(len(finished)),
         "epochs": sum(int((t.user_attrs.get("info") or {}).get("epochs") or 0) for t in finished),
+        "batched_share": sum(((t.user_attrs.get("info") or {}).get("batched") or 1) > 1 for t in finished)
+        / max(1, len(finished)),
         "wall_s": report.wall_s, "train_s": report.train_s, "tracking_s": report.tracking_s,
         "storage_s": report.storage_s, "sampling_s": report.sampling_s,
     }
+
+
+def _merged(workers_report: Any) -> Any:
+    """The per-worker engine reports of ``run_workers`` as one (overheads summed, the parent's wall time)."""
+    from training.search.worker import WorkerReport
+
+    parts = [r for e in workers_report.exits for r in e.reports]
+    return WorkerReport(outcomes=[o for r in parts for o in r.outcomes], wall_s=workers_report.wall_s,
+                        **{f: sum(getattr(r, f) for r in parts) for f in ("train_s", "tracking_s", "storage_s",
+                                                                            "sampling_s")})
 
 
 def _mean(values: list[float]) -> float:

@@ -114,7 +114,7 @@ def main(
                                  max_memory_gb=max_memory_gb)
     workers = resolve_workers(hpo.workers if workers is None else workers, hpo.trials)
     storage_url = storage or paths.optuna_storage_url()
-    settings = WorkerSettings(storage=hpo.storage, log_every_s=hpo.log_every_s,
+    settings = WorkerSettings(storage=hpo.storage, log_every_s=hpo.log_every_s, batch_trials=hpo.batch_trials,
                               progress=spec.train.progress and not quiet and workers == 1)
     if workers > 1 or join:
         from training.search.workers import describe, run_workers

@@ -81,6 +81,9 @@ class HpoConfig:
     # worker processes of `tierhpo hpo` (--workers overrides); 0 = one per core (at most hpo.trials),
     # each with cores // workers torch threads: 1 thread each at one worker per core (BENCHMARKS.md)
     workers: int = 0
+    # trials one worker asks at once (TPE's constant liar sees the running ones); those sharing
+    # training.batched.group_key train as one train_batch, the others alone; 1 = one trial at a time
+    batch_trials: int = 1
     refit_seeds: int = 3  # fresh seeds (never `seed`) the best configuration is retrained with, batched
 
     def __post_init__(self) -> None:
@@ -96,6 +99,8 @@ class HpoConfig:
             raise TierHpoError("hpo.threads and hpo.log_every_s must be >= 0")
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
             raise TierHpoError(f"hpo.workers must be an integer >= 0 (0 = one per core), got {self.workers!r}")
+        if isinstance(self.batch_trials, bool) or not isinstance(self.batch_trials, int) or self.batch_trials < 1:
+            raise TierHpoError(f"hpo.batch_trials must be an integer >= 1, got {self.batch_trials!r}")
         if self.refit_seeds < 0:
             raise TierHpoError(f"hpo.refit_seeds must be >= 0, got {self.refit_seeds}")
         if not self.tiers or not self.budgets or not self.horizons:

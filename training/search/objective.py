@@ -25,7 +25,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,30 @@ class TrialOutcome:
     message: str
 
 
+@dataclass
+class Prepared:
+    """A trial whose config is drawn and whose MLflow run is open, waiting to be trained."""
+
+    trial: optuna.Trial
+    started: float
+    tracking_before: float
+    params: dict[str, Any] = field(default_factory=dict)
+    phase: str = "?"
+    info: dict[str, Any] = field(default_factory=dict)
+    known: list[FrozenTrial] = field(default_factory=list)  # the study's trials as read at its start
+    mlrun: TrialRun | None = None
+    model_cfg: ModelConfig | None = None
+    train_cfg: TrainConfig | None = None
+    on_epoch: Callable[[EpochReport], None] | None = None
+    epochs: list[int] = field(default_factory=lambda: [0])
+    last: dict[str, Any] = field(default_factory=dict)
+    callback_seconds: list[float] = field(default_factory=lambda: [0.0])
+
+    def close_run(self, status: str) -> None:
+        if self.mlrun is not None and not self.mlrun.ended:  # only reached if _finish itself failed
+            self.mlrun.end(status, tags={"state": "FAIL"})
+
+
 class TrialRunner:
     """Runs trials of one study in this process (one instance per worker)."""
 
@@ -102,7 +126,6 @@ class TrialRunner:
         self.base_tags = base_tags or {}
         self.storage_timer, self.sampling_timer = Timer(), Timer()
         self.train_seconds = 0.0
-        self._known: list[FrozenTrial] = []  # the study's trials as read when the current trial started
         self.pruning = not isinstance(study.pruner, optuna.pruners.NopPruner)
 
     # ------------------------------------------------------------------ helpers
@@ -138,10 +161,10 @@ class TrialRunner:
                 return t
         return None
 
-    def _is_new_best(self, value: float, number: int) -> bool:
+    def _is_new_best(self, value: float, number: int, known: list[FrozenTrial]) -> bool:
         """Better than every useful trial finished when this one started. With parallel workers a
         trial finished meanwhile may be missed, which can only cause an extra upload, never a missing one."""
-        others = [t.value for t in self._known if t.number != number and t.state == TrialState.COMPLETE
+        others = [t.value for t in known if t.number != number and t.state == TrialState.COMPLETE
                   and waste.reason(t) is None and t.value is not None]
         return not others or value > max(others)
 
@@ -152,124 +175,145 @@ class TrialRunner:
     # ------------------------------------------------------------------ the trial
 
     def run(self, trial: optuna.Trial, echo: Callable[[str], None] | None = None) -> TrialOutcome:
-        started = time.perf_counter()
-        tracking_before = self.tracking.timer.seconds
-        n = trial.number
-        mlrun: TrialRun | None = None
-        state, value, wasted, fail_reason = TrialState.FAIL, None, waste.FAILED, None
-        info: dict[str, Any] = {}
-        metrics: dict[str, float] = {}
-        epochs = [0]
-        interrupted = False
-        params: dict[str, Any] = {}
-        phase = "?"
-        result: TrainResult | None = None
-        model_cfg: ModelConfig | None = None
-        train_cfg: TrainConfig | None = None
+        prepared = self.prepare(trial, echo)
+        return prepared if isinstance(prepared, TrialOutcome) else self.run_prepared(prepared, echo)
+
+    def run_prepared(self, prepared: Prepared, echo: Callable[[str], None] | None = None) -> TrialOutcome:
+        """Train one prepared trial alone and conclude it."""
         try:
-            self._known = []
+            result = train(prepared.model_cfg, prepared.train_cfg, self.data, on_epoch=prepared.on_epoch)
+            self.train_seconds += result.train_seconds - prepared.callback_seconds[0]
+        except KeyboardInterrupt:
+            self.interrupted(prepared, echo)
+            raise
+        except Exception as exc:  # optuna.TrialPruned included: conclude tells them apart
+            return self.conclude(prepared, None, exc, echo)
+        return self.conclude(prepared, result, None, echo)
+
+    def prepare(self, trial: optuna.Trial, echo: Callable[[str], None] | None = None) -> TrialOutcome | Prepared:
+        """Draw the trial's config and start its run: a finished outcome (duplicate, infeasible,
+        failed) or a :class:`Prepared` trial to train. Drawing at once matters for batches: the
+        next ``ask`` (constant liar, coverage of running trials) sees these params."""
+        p = Prepared(trial, time.perf_counter(), self.tracking.timer.seconds)
+        n = trial.number
+        try:
             with self.storage_timer():
                 if "worker" not in trial.user_attrs:  # run_worker sets it right after ask
                     trial.set_user_attr("worker", worker_info())
-                trials = self._known = self.study.get_trials(deepcopy=False)
+                trials = p.known = self.study.get_trials(deepcopy=False)
             me = next(t for t in trials if t.number == n)
-            info["retry_of"] = me.system_attrs.get("failed_trial")
+            p.info["retry_of"] = me.system_attrs.get("failed_trial")
             with self.sampling_timer():
-                params = {p.name: p.suggest(trial) for p in self.engine.space.params}
-            phase = self._phase(trial)  # written with the final attrs (one write fewer per trial)
+                p.params = {q.name: q.suggest(trial) for q in self.engine.space.params}
+            p.phase = self._phase(trial)  # written with the final attrs (one write fewer per trial)
 
-            dup = self._duplicate_of(params, trials, n)
+            dup = self._duplicate_of(p.params, trials, n)
             if dup is not None:
-                state, wasted = dup.state, waste.DUPLICATE
-                value = dup.value if dup.state == TrialState.COMPLETE else None
-                info["duplicate_of"] = dup.number
-                metrics = dict(dup.user_attrs.get("metrics") or {})
-                mlrun = self._start_run(trial, params, phase, None)
-                return self._finish(trial, mlrun, state, value, phase, wasted, None, info, metrics, 0, params,
-                                    started, tracking_before, echo)
+                p.info["duplicate_of"] = dup.number
+                p.mlrun = self._start_run(trial, p.params, p.phase, None)
+                return self._finish(p, dup.state, dup.value if dup.state == TrialState.COMPLETE else None,
+                                    waste.DUPLICATE, None, dict(dup.user_attrs.get("metrics") or {}), 0, echo)
 
-            model_cfg = self.model_config(params)
-            if model_cfg is None or not self.engine.feasibility.is_feasible(params):
-                wasted, fail_reason = waste.INFEASIBLE, f"no width fits budget {self.spec.budget} for this structure"
-                mlrun = self._start_run(trial, params, phase, None)
-                return self._finish(trial, mlrun, TrialState.FAIL, None, phase, wasted, fail_reason, info, {}, 0,
-                                    params, started, tracking_before, echo)
+            p.model_cfg = self.model_config(p.params)
+            if p.model_cfg is None or not self.engine.feasibility.is_feasible(p.params):
+                p.mlrun = self._start_run(trial, p.params, p.phase, None)
+                return self._finish(p, TrialState.FAIL, None, waste.INFEASIBLE,
+                                    f"no width fits budget {self.spec.budget} for this structure", {}, 0, echo)
 
-            train_cfg = self.train_config(params)
-            n_params = count_params(model_cfg)
-            info.update(model_config=model_cfg.to_dict(), train_config=train_cfg.to_dict(), n_params=n_params)
-            mlrun = self._start_run(trial, params, phase, (model_cfg, train_cfg, n_params))
-
-            last: dict[str, Any] = {}
-            callback_seconds = [0.0]
-
-            def on_epoch(report: EpochReport) -> None:
-                t0 = time.perf_counter()
-                epochs[0] = report.epoch
-                last["metrics"] = report.metrics
-                step = report.as_dict()
-                step.pop("epoch")
-                mlrun.log_epoch(report.epoch, step)
-                auc = report.metrics.get("val/auc", math.nan)
-                prune = False
-                if self.pruning and report.epoch <= self.spec.pruner.until_fraction * train_cfg.max_epochs:
-                    # Storage round trips only where they matter: values the pruner compares, and
-                    # the question only once it may answer yes (after the median's warm-up).
-                    with self.storage_timer():
-                        if math.isfinite(auc):
-                            trial.report(auc, report.epoch)
-                        if self.spec.pruner.kind != "median" or report.epoch > self.spec.pruner.n_warmup_steps:
-                            prune = trial.should_prune()
-                callback_seconds[0] += time.perf_counter() - t0
-                if prune:
-                    raise optuna.TrialPruned(f"pruned at epoch {report.epoch} (val/auc {auc:.4f})")
-
-            try:
-                result = train(model_cfg, train_cfg, self.data, on_epoch=on_epoch)
-                self.train_seconds += result.train_seconds - callback_seconds[0]
-            except optuna.TrialPruned as exc:
-                metrics = dict(last.get("metrics") or {})
-                info["pruned"] = str(exc)
-                late = epochs[0] > self.spec.late_prune_fraction * train_cfg.max_epochs
-                return self._finish(trial, mlrun, TrialState.PRUNED, None, phase,
-                                    waste.LATE_PRUNED if late else None, None, info, metrics, epochs[0], params,
-                                    started, tracking_before, echo)
-
-            epochs[0] = result.epochs_run
-            info.update(best_epoch=result.best_epoch, stop=result.status, stop_reason=result.reason)
-            metrics = dict(result.val_metrics)
-            if not result.ok:
-                return self._finish(trial, mlrun, TrialState.FAIL, None, phase, waste.FAILED, result.reason, info,
-                                    metrics, epochs[0], params, started, tracking_before, echo)
-            auc = metrics.get("val/auc", math.nan)
-            if not math.isfinite(auc):
-                return self._finish(trial, mlrun, TrialState.FAIL, None, phase, waste.FAILED,
-                                    "val/auc undefined (one class in the validation split)", info, metrics,
-                                    epochs[0], params, started, tracking_before, echo)
-            why = degeneracy(metrics, "val", self.spec.metrics.pred_std_min, self.spec.metrics.skill_min)
-            if why is not None:
-                info["degenerate"] = why
-            value = NO_SKILL_AUC if why else auc
-            if why is None and self.checkpoints and result.state_dict is not None and self._is_new_best(value, n):
-                mlrun.log_state_dict(result.state_dict)
-                info["checkpoint"] = "checkpoint/model.pt"
-            return self._finish(trial, mlrun, TrialState.COMPLETE, value, phase,
-                                waste.DEGENERATE if why else None, None, info, metrics, epochs[0], params,
-                                started, tracking_before, echo)
+            p.train_cfg = self.train_config(p.params)
+            n_params = count_params(p.model_cfg)
+            p.info.update(model_config=p.model_cfg.to_dict(), train_config=p.train_cfg.to_dict(), n_params=n_params)
+            p.mlrun = self._start_run(trial, p.params, p.phase, (p.model_cfg, p.train_cfg, n_params))
+            p.on_epoch = self._on_epoch(p)
+            return p
         except KeyboardInterrupt:
-            interrupted = True
-            self._finish(trial, mlrun, TrialState.FAIL, None, phase, waste.FAILED, "interrupted", info, metrics,
-                         epochs[0], params, started, tracking_before, echo, interrupted=True)
-            self._requeue(n, params)
+            self.interrupted(p, echo)
             raise
         except Exception as exc:  # recorded, not fatal: the study goes on
             log.warning("trial %d raised %s", n, exc, exc_info=True)
-            reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:500]
-            return self._finish(trial, mlrun, TrialState.FAIL, None, phase, waste.FAILED, reason, info, metrics,
-                                epochs[0], params, started, tracking_before, echo)
+            return self._failed(p, exc, echo)
+
+    def _on_epoch(self, p: Prepared) -> Callable[[EpochReport], None]:
+        trial, train_cfg, mlrun = p.trial, p.train_cfg, p.mlrun
+
+        def on_epoch(report: EpochReport) -> None:
+            t0 = time.perf_counter()
+            p.epochs[0] = report.epoch
+            p.last["metrics"] = report.metrics
+            step = report.as_dict()
+            step.pop("epoch")
+            mlrun.log_epoch(report.epoch, step)
+            auc = report.metrics.get("val/auc", math.nan)
+            prune = False
+            if self.pruning and report.epoch <= self.spec.pruner.until_fraction * train_cfg.max_epochs:
+                # Storage round trips only where they matter: values the pruner compares, and
+                # the question only once it may answer yes (after the median's warm-up).
+                with self.storage_timer():
+                    if math.isfinite(auc):
+                        trial.report(auc, report.epoch)
+                    if self.spec.pruner.kind != "median" or report.epoch > self.spec.pruner.n_warmup_steps:
+                        prune = trial.should_prune()
+            p.callback_seconds[0] += time.perf_counter() - t0
+            if prune:
+                raise optuna.TrialPruned(f"pruned at epoch {report.epoch} (val/auc {auc:.4f})")
+
+        return on_epoch
+
+    def conclude(self, p: Prepared, result: TrainResult | None, exc: BaseException | None,
+                 echo: Callable[[str], None] | None = None) -> TrialOutcome:
+        """Classify a trained (``result``) or stopped (``exc``: pruned, or an error) trial and tell it."""
+        try:
+            if isinstance(exc, optuna.TrialPruned):
+                p.info["pruned"] = str(exc)
+                late = p.epochs[0] > self.spec.late_prune_fraction * p.train_cfg.max_epochs
+                return self._finish(p, TrialState.PRUNED, None, waste.LATE_PRUNED if late else None, None,
+                                    dict(p.last.get("metrics") or {}), p.epochs[0], echo)
+            if exc is not None:
+                log.warning("trial %d raised %s", p.trial.number, exc, exc_info=exc)
+                return self._failed(p, exc, echo)
+            assert result is not None
+            p.epochs[0] = result.epochs_run
+            p.info.update(best_epoch=result.best_epoch, stop=result.status, stop_reason=result.reason)
+            metrics = dict(result.val_metrics)
+            if not result.ok:
+                return self._finish(p, TrialState.FAIL, None, waste.FAILED, result.reason, metrics, p.epochs[0], echo)
+            auc = metrics.get("val/auc", math.nan)
+            if not math.isfinite(auc):
+                return self._finish(p, TrialState.FAIL, None, waste.FAILED,
+                                    "val/auc undefined (one class in the validation split)", metrics, p.epochs[0],
+                                    echo)
+            why = degeneracy(metrics, "val", self.spec.metrics.pred_std_min, self.spec.metrics.skill_min)
+            if why is not None:
+                p.info["degenerate"] = why
+            value = NO_SKILL_AUC if why else auc
+            if (why is None and self.checkpoints and result.state_dict is not None
+                    and self._is_new_best(value, p.trial.number, p.known)):
+                p.mlrun.log_state_dict(result.state_dict)
+                p.info["checkpoint"] = "checkpoint/model.pt"
+            return self._finish(p, TrialState.COMPLETE, value, waste.DEGENERATE if why else None, None, metrics,
+                                p.epochs[0], echo)
+        except KeyboardInterrupt:
+            self.interrupted(p, echo)
+            raise
+        except Exception as err:  # recorded, not fatal: the study goes on
+            log.warning("trial %d raised %s", p.trial.number, err, exc_info=True)
+            return self._failed(p, err, echo)
+
+    def _failed(self, p: Prepared, exc: BaseException, echo: Callable[[str], None] | None) -> TrialOutcome:
+        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:500]
+        try:
+            return self._finish(p, TrialState.FAIL, None, waste.FAILED, reason, {}, p.epochs[0], echo)
         finally:
-            if mlrun is not None and not mlrun.ended:  # only reached if _finish itself failed
-                mlrun.end("KILLED" if interrupted else "FAILED", tags={"state": "FAIL"})
+            p.close_run("FAILED")
+
+    def interrupted(self, p: Prepared, echo: Callable[[str], None] | None = None) -> None:
+        """Tell an interrupted trial FAIL, close its run as KILLED and queue its config again."""
+        try:
+            self._finish(p, TrialState.FAIL, None, waste.FAILED, "interrupted", {}, p.epochs[0], echo,
+                         interrupted=True)
+            self._requeue(p.trial.number, p.params)
+        finally:
+            p.close_run("KILLED")
 
     def _requeue(self, number: int, params: dict[str, Any]) -> None:
         """Queue an interrupted trial's config again, so the next run (or another worker) redoes it first."""
@@ -302,19 +346,18 @@ class TrialRunner:
             trial.set_user_attr("mlflow_run_id", mlrun.run_id)
         return mlrun
 
-    def _finish(self, trial: optuna.Trial, mlrun: TrialRun | None, state: TrialState, value: float | None,
-                phase: str, wasted: str | None, fail_reason: str | None, info: dict[str, Any],
-                metrics: dict[str, float], epochs: int, params: dict[str, Any], started: float,
-                tracking_before: float, echo: Callable[[str], None] | None, interrupted: bool = False
-                ) -> TrialOutcome:
+    def _finish(self, p: Prepared, state: TrialState, value: float | None, wasted: str | None,
+                fail_reason: str | None, metrics: dict[str, float], epochs: int,
+                echo: Callable[[str], None] | None, interrupted: bool = False) -> TrialOutcome:
+        trial, mlrun, phase, info, params = p.trial, p.mlrun, p.phase, p.info, p.params
         n = trial.number
         # Coverage after this trial, from the trials known at its start plus itself (the study
         # attr is a record for people and MLflow; the sampler always recomputes from storage).
-        coverage = self._coverage([t for t in self._known if t.number != n], params,
+        coverage = self._coverage([t for t in p.known if t.number != n], params,
                                   explored=state in (TrialState.COMPLETE, TrialState.PRUNED) and bool(params))
         info.update(fail_reason=fail_reason, epochs=epochs, coverage=coverage.metrics(), timing={
-            "total_s": time.perf_counter() - started,
-            "tracking_s": self.tracking.timer.seconds - tracking_before,
+            "total_s": time.perf_counter() - p.started,
+            "tracking_s": self.tracking.timer.seconds - p.tracking_before,
         })
         with self.storage_timer():  # four trial writes at the end: phase, wasted reason, val metrics, the rest
             if trial.user_attrs.get("phase") != phase:
@@ -342,7 +385,7 @@ class TrialRunner:
                 final["objective"] = value
             mlrun.end(status, final, tags, {"coverage.json": coverage.to_json()},
                       params=coverage_params(coverage.metrics()))
-        seconds = time.perf_counter() - started
+        seconds = time.perf_counter() - p.started
         auc = metrics.get("val/auc")
         shown = f"val/auc {auc:.4f}" if isinstance(auc, float) and math.isfinite(auc) else state.name.lower()
         message = (f"trial {n:3d} [{phase}] {state.name:8s} {shown}"

@@ -23,10 +23,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from common.errors import TierHpoError
 from training.dataset import TierData
-from training.search import waste
+from training.search import batch, waste
 from training.search.config import StorageConfig
 from training.search.liveness import StaleTrialHandler, fail_dead_trials, heartbeat, sigterm_as_interrupt
-from training.search.objective import TrialOutcome, TrialRunner, worker_info
+from training.search.objective import Prepared, TrialOutcome, TrialRunner, worker_info
 from training.search.spec import Engine, StudySpec
 from training.search.tracking import StudyTracking
 
@@ -41,6 +41,7 @@ class WorkerSettings:
     # Stop (one-line error) after this many trials in a row failed in this worker: a broken setup
     # (bad data, a trainer bug) must not spin out FAIL trials forever, since they never count as COMPLETE.
     max_consecutive_failures: int = 5
+    batch_trials: int = 1  # hpo.batch_trials: trials asked at once, same-structure ones trained as one batch
 
 
 @dataclass
@@ -141,9 +142,12 @@ def fill(handle: StudyHandle, data: TierData, n_trials: int, *, settings: Worker
                     continue
                 if echo is not None:  # the batch's progress: how many trials of how many
                     echo(f"{study.study_name}: {complete}/{n_trials} trials complete, starting trial {trial.number}")
-                with heartbeat(storage, trial):
-                    outcome = runner.run(trial, echo)
-                report.outcomes.append(outcome)
+                if settings.batch_trials > 1:
+                    report.outcomes.extend(_run_batch(handle, runner, trial, n_trials, settings.batch_trials,
+                                                      lock, report, echo))
+                else:
+                    with heartbeat(storage, trial):
+                        report.outcomes.append(runner.run(trial, echo))
                 _check_failure_streak(report.outcomes, settings.max_consecutive_failures, study.study_name)
         status = "FINISHED"
     except KeyboardInterrupt:
@@ -158,6 +162,56 @@ def fill(handle: StudyHandle, data: TierData, n_trials: int, *, settings: Worker
         report.storage_s = runner.storage_timer.seconds
         report.sampling_s = runner.sampling_timer.seconds
     return report
+
+
+def _claim(study: optuna.Study, storage: RDBStorage, n_trials: int,
+           lock: Callable[[], contextlib.AbstractContextManager] | None, runner: TrialRunner) -> optuna.Trial | None:
+    """One more trial for the batch in hand, if a slot is free (the same claim as ``fill``'s)."""
+    with (lock or contextlib.nullcontext)(), runner.storage_timer():
+        complete, running = _trial_counts(study.get_trials(deepcopy=False))
+        if complete + running >= n_trials:
+            return None
+        trial = _ask(study)
+        trial.set_user_attr("worker", worker_info())
+        if storage.get_heartbeat_interval():
+            storage.record_heartbeat(trial._trial_id)
+    return trial
+
+
+def _run_batch(handle: StudyHandle, runner: TrialRunner, first: optuna.Trial, n_trials: int, k: int,
+               lock: Callable[[], contextlib.AbstractContextManager] | None, report: WorkerReport,
+               echo: Callable[[str], None] | None) -> list[TrialOutcome]:
+    """Claim up to ``k`` trials (``first`` included), drawing each config before the next ``ask``,
+    then train them grouped by structure (:mod:`training.search.batch`) under one heartbeat each.
+    A SIGKILL loses the trials in hand: they stay RUNNING with this process as owner, and the next
+    start fails and re-queues them like a lone trial."""
+    study, storage = handle.study, handle.storage
+    outcomes: list[TrialOutcome] = []
+    prepared: list[Prepared] = []
+    with contextlib.ExitStack() as beats:
+        trial: optuna.Trial | None = first
+        try:
+            while trial is not None:
+                beats.enter_context(heartbeat(storage, trial))
+                ready = runner.prepare(trial, echo)  # an interrupt here concludes this trial itself
+                (outcomes if isinstance(ready, TrialOutcome) else prepared).append(ready)
+                if len(prepared) + len(outcomes) >= k:
+                    break
+                trial = _claim(study, storage, n_trials, lock, runner)
+                if trial is not None and lock is None and _past_target(study, trial, n_trials):
+                    with runner.storage_timer():
+                        _void(study, trial)
+                    report.n_void += 1
+                    trial = None
+        except KeyboardInterrupt:
+            for p in prepared:
+                runner.interrupted(p, echo)
+            raise
+        if prepared and echo is not None and len(prepared) > 1:
+            echo(f"{study.study_name}: training trials {[p.trial.number for p in prepared]} "
+                 f"in {len(batch.groups(prepared))} group(s)")
+        outcomes.extend(batch.run_batch(runner, prepared, echo))
+    return outcomes
 
 
 def _check_failure_streak(outcomes: list[TrialOutcome], limit: int, study_name: str) -> None:
