@@ -82,7 +82,7 @@ def test_batched_study_has_exact_counts_and_one_run_per_trial_with_epoch_points(
     assert client.get_run(result.parent_run_id).info.status == "FINISHED"
 
 
-def test_a_trial_trained_in_a_batch_equals_it_trained_alone(tmp_path, store_templates):
+def test_a_trial_trained_in_a_batch_equals_it_trained_alone(tmp_path, store_templates):  # noqa: F811
     """The two forced trials (the same configs in both studies): alone (batch_trials 1) and as one
     batch of two (batch_trials 4, two slots) give the same val AUC within 1e-6."""
     data = tiny_data()

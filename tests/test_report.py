@@ -21,8 +21,9 @@ from common import paths
 from common.errors import TierHpoError
 from evaluation import scaling
 from pipelines import cli
-from pipelines.report import grid, render, stage, study_record
+from pipelines.report import grid, render, stage
 from pipelines.report.params import ReportParams
+from training.search import study_outputs
 from training.selection_record import SelectionRecord
 
 REPO = Path(__file__).resolve().parents[1]
@@ -151,14 +152,14 @@ def test_trials_csv_and_study_json_tell_the_same_story(project):
     for tier in ("a20", "a50"):
         d = paths.study_dir(tier, "20K", H)
         best = json.loads((d / "best.json").read_text())
-        study = study_record.load(d, "tierhpo hpo")
+        study = study_outputs.load(d, "tierhpo hpo")
         from training.search import analysis as hpo_analysis
 
         summary = hpo_analysis.hpo_summary(study)
         assert summary["best"]["number"] == best["trial_number"], tier
         assert summary["best"]["value"] == pytest.approx(best["metrics"]["val/auc"])
         assert summary["wasted"]["by_reason"]["degenerate"]["count"] == 1
-    a50 = study_record.load(paths.study_dir("a50", "20K", H), "x")
+    a50 = study_outputs.load(paths.study_dir("a50", "20K", H), "x")
     assert a50.user_attrs["coverage"]["overall"] == 0.8  # the snapshot travels in study.json
 
 
@@ -270,3 +271,31 @@ def test_cross_tier_matrix_per_budget_in_the_grid_part(project, monkeypatch, cap
     raw["studies"]["a50"]["study_name"] = "old"
     path.write_text(json.dumps(raw))
     assert "computed from study 'old'" in cli_error(monkeypatch, capsys, "--no-mlflow", "--partial")
+
+
+def test_study_json_keeps_categorical_choices_and_the_coverage_snapshot(tmp_path):
+    """The HPO stage's study.json replays with the real distributions: batch_size stays the categorical
+    (64, 128, 256) the sampler used, so coverage bins are its three values, not an int range 64..256."""
+    import optuna
+
+    from training.search import analysis
+
+    study = optuna.create_study(direction="maximize")
+    study.set_metric_names(["val/auc"])
+    study.set_user_attr("coverage", {"axes": {}})
+    space = {"batch_size": optuna.distributions.CategoricalDistribution([64, 128, 256]),
+             "lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
+    for i, (bs, lr) in enumerate([(64, 1e-3), (256, 3e-3), (64, 2e-4)]):
+        study.add_trial(optuna.trial.create_trial(params={"batch_size": bs, "lr": lr}, distributions=space,
+                                                  value=0.7 + 0.01 * i, user_attrs={"phase": "forced"},
+                                                  intermediate_values={0: 0.6, 1: 0.7 + 0.01 * i}))
+    doc = study_outputs.study_document(study, study.get_trials())
+    (tmp_path / "study.json").write_text(json.dumps(doc))
+    (tmp_path / "trials.csv").write_text("number,state,value\n0,COMPLETE,0.7\n")  # study.json wins
+    replayed = study_outputs.load(tmp_path, "tierhpo hpo")
+    assert [t.params for t in replayed.trials] == [t.params for t in study.trials]
+    assert replayed.trials[1].intermediate_values == {0: 0.6, 1: 0.71}
+    assert replayed.user_attrs["coverage"] == {"axes": {}} and replayed.metric_names == ["val/auc"]
+    cov = analysis.coverage_analysis(replayed, bins=5)
+    assert cov["params"]["batch_size"]["labels"] == ["64", "128", "256"]
+    assert cov["params"]["batch_size"]["counts"] == [2, 0, 1]

@@ -1,7 +1,7 @@
 """The report's inputs: only files its DVC stage declares as dependencies (``results/**``).
 
 Per (tier, horizon): each study's ``best.json`` and ``study.json`` (else ``trials.csv``), read by
-``study_record`` into an in-memory study; ``promote`` (``<budget>/summary.json``,
+``training.search.study_outputs`` into an in-memory study; ``promote`` (``<budget>/summary.json``,
 ``predictions.parquet``), ``cross-budget`` (``matrix.json``) and ``baselines`` (``metrics.json``,
 ``predictions.parquet``). Per horizon: the select stage's ``verdicts.json``; per (budget, horizon)
 with at least two tiers: the cross-tier stage's ``matrix.json``.
@@ -24,10 +24,10 @@ import pandas as pd
 
 from common import paths
 from common.errors import TierHpoError
-from pipelines.report import study_record
 from pipelines.report.params import BASELINES, REQUIRED_BASELINES
 from training import selection_record
 from training.budget import parse_budget
+from training.search import study_outputs
 from training.selection_record import SelectionRecord
 
 
@@ -122,7 +122,7 @@ def load_studies(tier: str, horizon: int) -> list[Study]:
         for key in ("study_name", "n_params", "params", "metrics"):
             if key not in best:
                 raise TierHpoError(f"{best_path} lacks '{key}'; rerun `{command}`")
-        studies.append(Study(budget, best, study_record.load(best_path.parent, command)))
+        studies.append(Study(budget, best, study_outputs.load(best_path.parent, command)))
     studies.sort(key=lambda s: (s.n_params, budget_order(s.budget)))
     return studies
 

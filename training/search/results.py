@@ -30,6 +30,7 @@ from training.budget import parse_budget
 from training.search import plots as study_plots
 from training.search import waste
 from training.search.analysis import param_importance  # the one importance computation (PED-ANOVA)
+from training.search.study_outputs import STUDY_JSON, study_document
 from training.search.tracking import RUN_ATTR
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class StudyResult:
     experiment_id: str
     tracking_uri: str
     importances: dict[str, float] = field(default_factory=dict)
+    document: dict[str, Any] | None = None  # study.json (training.search.study_outputs), for the report
     report: Any = None  # the WorkerReport of the run that produced it (run_study sets it)
 
 
@@ -177,7 +179,7 @@ def finalize_study(handle: Any, n_trials: int, *, plots: bool = True, status: st
     }
     return StudyResult(study.study_name, redact(handle.storage_url), best_doc, metrics, trial_rows(trials),
                        best.user_attrs.get(RUN_ATTR), tracking.parent_run_id, tracking.experiment_id,
-                       tracking.uri, importances)
+                       tracking.uri, importances, study_document(study, waste.counted(trials)))
 
 
 @contextlib.contextmanager
@@ -205,7 +207,8 @@ def dvc_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_outputs(result: StudyResult, out_dir: Path) -> dict[str, Path]:
-    """Write the four outputs, each atomically; ``best.json`` last, so it never points at stale files."""
+    """Write the outputs (model.pt, trials.csv, metrics.json, study.json, best.json), each atomically;
+    ``best.json`` last, so it never points at stale files."""
     import pandas as pd
     import torch
 
@@ -223,5 +226,9 @@ def write_outputs(result: StudyResult, out_dir: Path) -> dict[str, Path]:
         atomic.write_with(out_dir / "model.pt", lambda p: shutil.copyfile(local, p))
     atomic.write_with(out_dir / "trials.csv", lambda p: pd.DataFrame(result.rows).to_csv(p, index=False))
     atomic.write_json(out_dir / "metrics.json", dvc_metrics(result.metrics))
+    names = ["best.json", "model.pt", "metrics.json", "trials.csv"]
+    if result.document is not None:
+        atomic.write_json(out_dir / STUDY_JSON, result.document)
+        names.append(STUDY_JSON)
     atomic.write_json(out_dir / "best.json", result.best)
-    return {name: out_dir / name for name in ("best.json", "model.pt", "metrics.json", "trials.csv")}
+    return {name: out_dir / name for name in names}

@@ -1,17 +1,19 @@
-"""A study as its HPO stage's declared outputs describe it, rebuilt as an in-memory Optuna study.
+"""A study's HPO-stage outputs as a contract: ``study.json`` is written here and read here.
 
-The report never opens the Optuna store: its inputs are DVC dependencies. ``study.json`` (the
-HPO stage's record of the study: ``study_name``, ``direction``,
-``metric_names``, ``distributions`` as ``optuna.distributions.distribution_to_json``, ``trials``
-with ``number, state, value, params, user_attrs, intermediate_values``; optional study
-``user_attrs`` such as the coverage snapshot) is replayed into ``optuna.create_study()`` with
-``optuna.trial.create_trial``, so ``training.search.analysis`` works on it unchanged.
+The HPO stage writes ``study.json`` beside ``best.json`` (``study_document``): ``study_name``,
+``direction``, ``metric_names``, ``distributions`` (each parameter's
+``optuna.distributions.distribution_to_json``), ``user_attrs`` (the coverage snapshot), and
+``trials`` with ``number, state, value, params, user_attrs, intermediate_values``. Readers (the
+report) replay it into an in-memory ``optuna.create_study()`` with
+``optuna.trial.create_trial`` (``load``), so ``training.search.analysis`` works on it unchanged
+and nobody but the HPO stage opens the Optuna store.
 
-Until every study has a ``study.json``, ``trials.csv`` (``number, state, value, phase, wasted,
-fail_reason, epochs, seconds, param_*``) is the fallback: distributions are the narrowest that hold
-the recorded values (floats: a float range, log when it spans more than a decade of positives;
-integers: an int range; anything else: categorical), which is enough for history, waste, best
-and importance; coverage then has no reachability snapshot.
+``trials.csv`` (``number, state, value, phase, wasted, fail_reason, epochs, seconds, param_*``)
+is the fallback for outputs written before ``study.json`` existed: distributions are the
+narrowest that hold the recorded values (floats: a float range, log when it spans more than a
+decade of positives; integers: an int range; anything else: categorical). That is enough for
+history, waste, best and importance, but a categorical of numbers reads as an int range and
+coverage has no reachability snapshot, which is why ``study.json`` exists.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import numpy as np
 import optuna
 import optuna.distributions as od
 import pandas as pd
-from optuna.trial import TrialState, create_trial
+from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from common.errors import TierHpoError
 
@@ -34,6 +36,25 @@ STUDY_JSON, TRIALS_CSV = "study.json", "trials.csv"
 _FINISHED = {s.name: s for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def study_document(study: optuna.Study, trials: list[FrozenTrial]) -> dict[str, Any]:
+    """The ``study.json`` document of ``study``'s ``trials`` (the ones the outputs count)."""
+    distributions: dict[str, str] = {}
+    for t in trials:
+        for name, dist in t.distributions.items():
+            distributions.setdefault(name, od.distribution_to_json(dist))
+    return {
+        "study_name": study.study_name,
+        "direction": study.direction.name.lower(),
+        "metric_names": study.metric_names,
+        "distributions": distributions,
+        "user_attrs": dict(study.user_attrs),
+        "trials": [{"number": t.number, "state": t.state.name, "value": t.value, "params": dict(t.params),
+                    "user_attrs": dict(t.user_attrs),
+                    "intermediate_values": {str(k): v for k, v in t.intermediate_values.items()}}
+                   for t in sorted(trials, key=lambda t: t.number)],
+    }
 
 
 def load(directory: Path, command: str) -> optuna.Study:
