@@ -163,6 +163,7 @@ def test_trials_csv_and_study_json_tell_the_same_story(project):
     assert a50.user_attrs["coverage"]["overall"] == 0.8  # the snapshot travels in study.json
 
 
+@pytest.mark.slow  # runs the whole report stage (15-30 s); CI runs it
 def test_report_logs_one_run(project):
     experiment_id = attach_experiment()
     run_cli()
@@ -175,6 +176,7 @@ def test_report_logs_one_run(project):
             "report/headline"} <= logged
 
 
+@pytest.mark.slow  # runs the whole report stage (15-30 s); CI runs it
 def test_missing_selection_is_one_line_error_or_partial(project, monkeypatch, capsys):
     (paths.results_dir() / "select" / "h1" / "verdicts.json").unlink()
     err = cli_error(monkeypatch, capsys, "--no-mlflow")
@@ -247,6 +249,7 @@ def test_config_is_validated():
         ReportParams(block_length=0)
 
 
+@pytest.mark.slow  # runs the whole report stage (15-30 s); CI runs it
 def test_cross_tier_matrix_per_budget_in_the_grid_part(project, monkeypatch, capsys):
     run_cli("--no-mlflow")
     md = (project / "reports" / "summary.md").read_text()

@@ -21,6 +21,9 @@ import pytest
 
 from benchmarks.store_init import FIRST_RUN, REPO, concurrent_first_runs, env
 
+# Every case starts tierhpo processes on a fresh store (7-90 s each): the slow tier, which CI runs.
+pytestmark = pytest.mark.slow
+
 VENV_BIN = str(Path(sys.executable).parent)
 
 
