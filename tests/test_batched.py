@@ -99,3 +99,28 @@ def test_refit_fresh_seeds_batched(tier, tmp_path):
     # Each refit member is the same model as trained alone with that seed.
     alone = train(models[0], dataclasses.replace(trains[0], seed=seeds[1]), tier)
     assert abs(summary["members"][1]["val/auc"] - alone.val_metrics["val/auc"]) <= 1e-6
+
+
+
+def test_attention_is_sliced_above_the_cuda_batch_limit(tier, monkeypatch):
+    """Above MAX_ATTENTION_BATCH merged windows (K x B) attention runs in slices (CUDA's flash kernel
+    refused 128 x 652 on an H200); training and validation give the same results as one call."""
+    import training.batched as batched
+
+    models, trains = members(tier)
+    whole = train_batch(models[:2], trains[:2], tier)
+    sizes = []
+    sdpa = batched.F.scaled_dot_product_attention
+
+    def spy(q, k, v):
+        sizes.append(q.shape[0])
+        return sdpa(q, k, v)
+
+    monkeypatch.setattr(batched, "MAX_ATTENTION_BATCH", 50)
+    monkeypatch.setattr(batched.F, "scaled_dot_product_attention", spy)
+    sliced = train_batch(models[:2], trains[:2], tier)
+    assert sizes and max(sizes) <= 50 and min(sizes) < 50
+    for a, b in zip(whole, sliced, strict=True):
+        assert (a.best_epoch, a.epochs_run) == (b.best_epoch, b.epochs_run)
+        assert abs(a.val_metrics["val/auc"] - b.val_metrics["val/auc"]) <= 1e-6
+        assert np.abs(a.val_pred - b.val_pred).max() < 1e-5
