@@ -110,6 +110,7 @@ def main(
         raise TierHpoError(f"--trials must be >= 1, got {trials}")
     if workers is not None and workers < 0:
         raise TierHpoError(f"--workers must be >= 0 (0 = one per core), got {workers}")
+    _warm_up_workers(workers, trials, join)
     spec, data, hpo = build_spec(tier, budget, horizon, forced=forced, seed=seed, trials=trials, threads=threads,
                                  max_memory_gb=max_memory_gb)
     workers = resolve_workers(hpo.workers if workers is None else workers, hpo.trials)
@@ -145,6 +146,17 @@ def main(
           f"{m['hpo/n_failed']} failed; wasted {m['hpo/wasted_fraction']:.1%}; coverage {m['hpo/coverage']:.2f}")
     _echo(f"wrote {_relative(out)}/{{best.json,model.pt,metrics.json,trials.csv,refit.*,val_predictions.parquet}}; "
           f"MLflow parent run {result.parent_run_id}")
+
+
+def _warm_up_workers(workers: int | None, trials: int | None, join: bool) -> None:
+    """Start the workers' forkserver before the set-up below when this study will have workers
+    (its imports overlap the parent's; about 5 s of each study's start on 2 cores)."""
+    from training.search.config import HpoConfig
+    from training.search.workers import warm_up
+
+    hpo = config.load(HpoConfig, "hpo", trials=trials)
+    if join or resolve_workers(hpo.workers if workers is None else workers, hpo.trials) > 1:
+        warm_up()
 
 
 def resolve_workers(requested: int, trials: int, cores: int | None = None) -> int:

@@ -194,6 +194,28 @@ def test_a_cell_trained_as_one_batch_matches_training_each_seed_alone(studies):
         assert one.val_auc[seed] == pytest.approx(alone.val_metrics["val/auc"], abs=2e-3)
 
 
+def test_cells_on_two_one_thread_processes_give_the_same_matrix(studies):
+    """workers=2 trains cells side by side in two one-thread processes; every cell trains on one
+    thread wherever it runs, so the values equal workers=1 exactly, and the MLflow callback still
+    sees the cells in order, in this process."""
+    data, _ = studies
+    study = {b: read_study(TIER, b, HORIZON) for b in BUDGETS}
+    plans = {w: [c for c in cb.plan(study, cb.CrossBudgetConfig(seeds=2), solver_rules()) if c.to_train]
+             for w in (1, 2)}
+    assert len(plans[1]) >= 2
+    seen = {1: [], 2: []}
+    for w, cells in plans.items():
+        train_cells(cells, study, data, on_run=lambda c, seed, r, w=w: seen[w].append((c.source, c.target, seed)),
+                    workers=w)
+    assert [c.val_auc for c in plans[2]] == [c.val_auc for c in plans[1]]  # exact
+    assert seen[2] == seen[1] == [(c.source, c.target, s) for c in plans[1] for s in c.to_train]
+
+
+def test_workers_must_not_be_negative():
+    with pytest.raises(TierHpoError, match="workers must be >= 0"):
+        cb.CrossBudgetConfig(workers=-1)
+
+
 def cell(source, target, aucs, feasible=True):
     shape = ModelConfig(n_features=2, context_len=4, patch_len=2, d_model=4, n_layers=1, n_heads=1, d_ff=4)
     return Cell(source, target, shape if feasible else None, 1, list(range(len(aucs))),

@@ -41,8 +41,11 @@ class TransferConfig:
     SECTION: ClassVar[str] = "transfer"
     seeds: int = 3  # fresh seeds per cell (never the study's own), trained as one batch
     alpha: float = 0.05  # level of the two-sided Welch t-test of a cell against the diagonal
+    workers: int = 0  # one-thread processes training cells side by side; 0 = one per core
 
     def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise TierHpoError(f"{self.SECTION}.workers must be >= 0 (0 = one per core), got {self.workers}")
         if self.seeds < 2:
             raise TierHpoError(f"{self.SECTION}.seeds must be >= 2 (the t-test needs a spread), got {self.seeds}")
         if not 0.0 < self.alpha < 1.0:
@@ -179,27 +182,45 @@ def _mlflow_trial_seconds(study: Study) -> float | None:
     return float(statistics.median(seconds)) if seconds else None
 
 
-def train_cells(cells: list[Cell], studies: dict[str, Study], data: Any, on_run: Any = None) -> None:
+def train_cells(cells: list[Cell], studies: dict[str, Study], data: Any, on_run: Any = None, *,
+                workers: int = 0) -> None:
     """Train every feasible cell's seeds that its refit does not hold, one batch per cell
     (``train_batch``: the same structure, one member per seed), and fill ``cell.val_auc`` (in seed
-    order, the refit's values included); ``on_run(cell, seed, result)`` for each trained seed.
+    order, the refit's values included); ``on_run(cell, seed, result)`` for each trained seed, in
+    cell order, here in the calling process (the MLflow runs).
+
+    The cells train on ``workers`` one-thread processes (0 = one per core; ``training.parallel``):
+    on 2 cores two cells at a time instead of one cell on two threads. A cell trains on one thread
+    whatever ``workers`` is, so the matrix does not depend on it.
 
     ``data``: one dataset for every cell (cross-budget), or a mapping target -> dataset (cross-tier)."""
+    from training.parallel import run_one_thread
+
+    todo = [cell for cell in cells if cell.to_train]
+    jobs = []
+    for cell in todo:
+        base = dataclasses.replace(studies[cell.source].train_config(), progress=False)
+        jobs.append((cell.model_config, [dataclasses.replace(base, seed=seed) for seed in cell.to_train],
+                     data[cell.target] if isinstance(data, Mapping) else data))
+    cost = [len(c.to_train) * (c.est_seconds_per_run or (c.n_params or 1) * 1e-4) for c in todo]  # LPT order only
+    trained: dict[int, dict[int, float]] = {}
+    for cell, results in zip(todo, run_one_thread(_train_cell, jobs, workers=workers, cost=cost), strict=True):
+        trained[id(cell)] = {}
+        for seed, result in zip(cell.to_train, results, strict=True):
+            if on_run is not None:
+                on_run(cell, seed, result)
+            trained[id(cell)][seed] = float(result.val_metrics.get(METRIC, math.nan) if result.ok else math.nan)
+    for cell in cells:
+        known = {**cell.from_refit, **trained.get(id(cell), {})} if cell.feasible else {}
+        cell.val_auc = {s: known[s] for s in cell.seeds if s in known}
+
+
+def _train_cell(model_config: Any, train_configs: list[Any], data: Any) -> list[Any]:
+    """One cell's seeds as one batch; the weights are dropped (the stages keep only metrics)."""
     from training.batched import train_batch
 
-    for cell in cells:
-        trained: dict[int, float] = {}
-        if cell.to_train:
-            base = dataclasses.replace(studies[cell.source].train_config(), progress=False)
-            configs = [dataclasses.replace(base, seed=seed) for seed in cell.to_train]
-            cell_data = data[cell.target] if isinstance(data, Mapping) else data
-            results = train_batch([cell.model_config] * len(configs), configs, cell_data)
-            for seed, result in zip(cell.to_train, results, strict=True):
-                if on_run is not None:
-                    on_run(cell, seed, result)
-                trained[seed] = float(result.val_metrics.get(METRIC, math.nan) if result.ok else math.nan)
-        known = {**cell.from_refit, **trained} if cell.feasible else {}
-        cell.val_auc = {s: known[s] for s in cell.seeds if s in known}
+    results = train_batch([model_config] * len(train_configs), train_configs, data)
+    return [dataclasses.replace(r, state_dict=None) for r in results]
 
 
 def welch_p(cell: list[float], diagonal: list[float]) -> float | None:

@@ -163,7 +163,7 @@ def run_transfer(grid: TransferGrid, cfg: TransferConfig, studies: dict[str, Stu
     experiment_id = run.info.experiment_id
     with paths.mlflow_fluent_tracking(), mlflow.start_run(run_id=run.info.run_id):
         mlflow.log_params({"seeds": cfg.seeds, "alpha": cfg.alpha, axes: ",".join(grid.keys), **fixed})
-        train_cells(cells, studies, data, on_run=_cell_logger(grid, experiment_id, fixed))
+        train_cells(cells, studies, data, on_run=_cell_logger(grid, experiment_id, fixed), workers=cfg.workers)
         doc = matrix_document(grid, studies, cfg, summarise(cells, grid.keys, cfg))
         doc["mlflow_run_id"] = run.info.run_id
         for cell in doc["cells"]:

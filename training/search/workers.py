@@ -255,6 +255,16 @@ def _context() -> mp.context.BaseContext:
     return ctx
 
 
+def warm_up() -> None:
+    """Start the preloaded forkserver now, so that its imports (torch, Optuna, MLflow) run while
+    the caller loads the tier and opens the stores; ``spawn_workers`` then forks from it at once.
+    Harmless when no worker follows (the server exits with this process)."""
+    if _context().get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+
+
 def spawn_workers(spec: StudySpec, data: TierData | Callable[[], TierData], n_trials: int, url: str,
                   plans: list[WorkerPlan], settings: WorkerSettings, backoff: Backoff,
                   echo: Callable[[str], None], stop_timeout_s: float = STOP_TIMEOUT_S) -> list[WorkerExit]:
