@@ -100,5 +100,5 @@ def main(
     if len(chosen) < 2:
         raise TierHpoError(f"cross-budget needs at least two budgets, got {chosen}")
     studies = {b: read_study(tier, b, horizon) for b in chosen}
-    plan_or_run(grid(tier, horizon, chosen), cfg, studies, plan(studies, cfg, solver_rules()),
+    plan_or_run(grid(tier, horizon, chosen), cfg, studies, lambda: plan(studies, cfg, solver_rules()),
                 lambda: load_data(studies[chosen[0]]), dry_run, typer.echo)

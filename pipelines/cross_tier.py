@@ -102,5 +102,5 @@ def main(
         check_tier(tier, known)
     check_study_horizon(chosen[0], horizon)
     studies = {t: read_study(t, budget, horizon) for t in chosen}
-    plan_or_run(grid(budget, horizon, chosen), cfg, studies, plan(studies, budget, cfg, solver_rules()),
+    plan_or_run(grid(budget, horizon, chosen), cfg, studies, lambda: plan(studies, budget, cfg, solver_rules()),
                 lambda: {t: load_data(s) for t, s in studies.items()}, dry_run, typer.echo)

@@ -46,3 +46,16 @@ def _die(n: int) -> None:
     import os
 
     os._exit(9)
+
+
+def test_the_pool_starts_its_processes_before_any_job_and_runs_them_on_one_thread():
+    import multiprocessing as mp
+
+    from training.parallel import OneThreadPool
+
+    before = len(mp.active_children())
+    with OneThreadPool(2, preload=("training.batched",)) as pool:
+        assert pool.size == 2 and len(mp.active_children()) - before == 2  # started at once, idle
+        assert list(pool.map(_threads_and_square, [(2,), (3,)])) == [(1, 4), (1, 9)]
+    with OneThreadPool(1) as alone:  # one worker: no process, the jobs run here
+        assert list(alone.map(_threads_and_square, [(4,)])) == [(1, 16)]

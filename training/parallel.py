@@ -43,14 +43,18 @@ def pool_size(requested: int, n_jobs: int, cores: int | None = None) -> int:
     return max(1, min(requested or (cores or available_cores()), n_jobs))
 
 
-def _one_thread() -> None:
+def _one_thread(preload: tuple[str, ...] = ()) -> None:
     for name in _THREAD_ENV:
         os.environ[name] = "1"
+    import importlib
+
     import torch
 
     torch.set_num_threads(1)
     with contextlib.suppress(RuntimeError):  # settable only before inter-op work started
         torch.set_num_interop_threads(1)
+    for module in preload:
+        importlib.import_module(module)
 
 
 @contextlib.contextmanager
@@ -66,23 +70,38 @@ def one_thread_here() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def run_one_thread(fn: Callable[..., Any], jobs: Sequence[tuple], *, workers: int,
-                   cost: Sequence[float] | None = None) -> Iterator[Any]:
-    """``fn(*job)`` for every job, each on one torch thread; yields the results in job order.
+class OneThreadPool:
+    """``workers`` one-thread processes (as :func:`pool_size` resolves it for ``n_jobs``), started
+    at once, so that their start-up (an interpreter, torch and ``preload``: about 3 s each) runs
+    while the caller still prepares the jobs. One worker = no process: the jobs run here."""
 
-    ``workers``: processes (as :func:`pool_size` resolves it); 1 runs the jobs here, one after
-    another. ``fn`` and the jobs must pickle (a module-level function and plain data). ``cost``:
-    an estimate per job, used only for the order in which jobs are started (longest first)."""
-    n = pool_size(workers, len(jobs))
-    if not jobs:
-        return
-    if n == 1:
-        with one_thread_here():
-            for job in jobs:
-                yield fn(*job)
-        return
-    order = sorted(range(len(jobs)), key=lambda i: -(cost[i] if cost is not None else 0.0))
-    with ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn"), initializer=_one_thread) as pool:
+    def __init__(self, workers: int, n_jobs: int = 1 << 30, preload: tuple[str, ...] = ()) -> None:
+        self.size = pool_size(workers, n_jobs)
+        self._pool: ProcessPoolExecutor | None = None
+        if self.size > 1:
+            self._pool = ProcessPoolExecutor(max_workers=self.size, mp_context=mp.get_context("spawn"),
+                                             initializer=_one_thread, initargs=(tuple(preload),))
+            for _ in range(self.size):  # each submit with no idle worker spawns one (spawn context)
+                self._pool.submit(int)
+
+    def __enter__(self) -> OneThreadPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def map(self, fn: Callable[..., Any], jobs: Sequence[tuple], cost: Sequence[float] | None = None) -> Iterator[Any]:
+        """``fn(*job)`` for every job, each on one torch thread; yields the results in job order.
+        ``fn`` and the jobs must pickle (a module-level function and plain data). ``cost``: an
+        estimate per job, used only for the order in which jobs start (longest first)."""
+        if self._pool is None or len(jobs) < 2:
+            with one_thread_here():
+                for job in jobs:
+                    yield fn(*job)
+            return
+        pool = self._pool
+        order = sorted(range(len(jobs)), key=lambda i: -(cost[i] if cost is not None else 0.0))
         futures: dict[int, Future] = {}
         try:
             for i in order:
@@ -96,3 +115,10 @@ def run_one_thread(fn: Callable[..., Any], jobs: Sequence[tuple], *, workers: in
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
+
+
+def run_one_thread(fn: Callable[..., Any], jobs: Sequence[tuple], *, workers: int,
+                   cost: Sequence[float] | None = None) -> Iterator[Any]:
+    """:meth:`OneThreadPool.map` on a pool of ``workers`` (0 = one per core, at most one per job)."""
+    with OneThreadPool(workers, len(jobs)) as pool:
+        yield from pool.map(fn, jobs, cost)

@@ -18,6 +18,7 @@ trained. The diagonal still never uses the study's own seed (winner's curse).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import statistics
@@ -183,7 +184,7 @@ def _mlflow_trial_seconds(study: Study) -> float | None:
 
 
 def train_cells(cells: list[Cell], studies: dict[str, Study], data: Any, on_run: Any = None, *,
-                workers: int = 0) -> None:
+                workers: int = 0, pool: Any = None) -> None:
     """Train every feasible cell's seeds that its refit does not hold, one batch per cell
     (``train_batch``: the same structure, one member per seed), and fill ``cell.val_auc`` (in seed
     order, the refit's values included); ``on_run(cell, seed, result)`` for each trained seed, in
@@ -191,10 +192,11 @@ def train_cells(cells: list[Cell], studies: dict[str, Study], data: Any, on_run:
 
     The cells train on ``workers`` one-thread processes (0 = one per core; ``training.parallel``):
     on 2 cores two cells at a time instead of one cell on two threads. A cell trains on one thread
-    whatever ``workers`` is, so the matrix does not depend on it.
+    whatever ``workers`` is, so the matrix does not depend on it. ``pool``: a started
+    ``training.parallel.OneThreadPool`` to use instead (``workers`` is then ignored).
 
     ``data``: one dataset for every cell (cross-budget), or a mapping target -> dataset (cross-tier)."""
-    from training.parallel import run_one_thread
+    from training.parallel import OneThreadPool
 
     todo = [cell for cell in cells if cell.to_train]
     jobs = []
@@ -204,12 +206,13 @@ def train_cells(cells: list[Cell], studies: dict[str, Study], data: Any, on_run:
                      data[cell.target] if isinstance(data, Mapping) else data))
     cost = [len(c.to_train) * (c.est_seconds_per_run or (c.n_params or 1) * 1e-4) for c in todo]  # LPT order only
     trained: dict[int, dict[int, float]] = {}
-    for cell, results in zip(todo, run_one_thread(_train_cell, jobs, workers=workers, cost=cost), strict=True):
-        trained[id(cell)] = {}
-        for seed, result in zip(cell.to_train, results, strict=True):
-            if on_run is not None:
-                on_run(cell, seed, result)
-            trained[id(cell)][seed] = float(result.val_metrics.get(METRIC, math.nan) if result.ok else math.nan)
+    with contextlib.nullcontext(pool) if pool is not None else OneThreadPool(workers, len(jobs)) as running:
+        for cell, results in zip(todo, running.map(_train_cell, jobs, cost), strict=True):
+            trained[id(cell)] = {}
+            for seed, result in zip(cell.to_train, results, strict=True):
+                if on_run is not None:
+                    on_run(cell, seed, result)
+                trained[id(cell)][seed] = float(result.val_metrics.get(METRIC, math.nan) if result.ok else math.nan)
     for cell in cells:
         known = {**cell.from_refit, **trained.get(id(cell), {})} if cell.feasible else {}
         cell.val_auc = {s: known[s] for s in cell.seeds if s in known}
