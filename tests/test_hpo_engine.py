@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import optuna
@@ -232,3 +236,66 @@ def test_owner_of_a_trial_is_dead_only_when_this_host_can_tell():
         child.kill()
         child.wait()
     assert owner_gone(owner, me)  # killed
+
+
+@pytest.mark.timeout(120)  # what this guards against was a wait for ever
+def test_a_trial_this_process_abandoned_is_requeued_at_once(tmp_path, store_templates):  # noqa: F811
+    """A connection lost between ``ask`` and the trial's first heartbeat left it RUNNING, owned by a
+    live process and without a heartbeat: Optuna never calls such a trial stale, so every worker
+    waited for it for ever (CI hung 75 minutes in the outage test). The worker that reconnects is
+    that owner, and it fails and re-queues its abandoned trial before asking for the next one."""
+    for name in ("mlflow.db", "optuna.db"):
+        shutil.copyfile(store_templates / name, tmp_path / name)
+    storage, mlflow_uri = f"sqlite:///{tmp_path / 'optuna.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    data = tiny_data()
+    spec = tiny_spec(data)
+    run_study(spec, data, 1, storage, settings=settings(mlflow_uri), plots=False)
+    study = open_study(spec, storage, settings(mlflow_uri)).study
+    lost = study.ask()  # the second forced extreme, popped from the queue
+    lost.set_user_attr("worker", worker_info())  # owner written; the heartbeat never was
+
+    run_study(spec, data, 3, storage, settings=settings(mlflow_uri), plots=False)
+    trials = optuna.load_study(study_name=spec.study_name, storage=storage).get_trials()
+    assert trials[lost.number].state == TrialState.FAIL
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == lost.number]
+    assert retry.state == TrialState.COMPLETE  # with the forced extreme it was asked for
+    assert retry.params == trials[lost.number].system_attrs["fixed_params"]
+    assert retry.user_attrs["phase"] == trials[lost.number].user_attrs["phase"]  # still the forced extreme
+
+
+def test_a_heartbeat_stuck_in_the_storage_does_not_hold_the_trial(monkeypatch):
+    from types import SimpleNamespace
+
+    from training.search import liveness
+
+    release = threading.Event()
+
+    class StuckStorage:
+        def get_heartbeat_interval(self):
+            return 0.05
+
+        def record_heartbeat(self, trial_id):
+            release.wait(60)  # a call that never comes back (until the test lets it go)
+
+    monkeypatch.setattr(liveness, "HEARTBEAT_JOIN_SLACK_S", 0.2)
+    started = time.monotonic()
+    try:
+        with liveness.heartbeat(StuckStorage(), SimpleNamespace(_trial_id=7, number=3)):
+            pass
+        assert time.monotonic() - started < 5
+    finally:
+        release.set()
+
+
+def test_a_worker_hung_after_its_report_is_killed_and_its_report_kept():
+    from training.search.workers import _join_or_kill
+
+    ctx = multiprocessing.get_context("spawn")
+    proc = ctx.Process(target=time.sleep, args=(600,))
+    proc.start()
+    assert _join_or_kill(proc, 0.5) and not proc.is_alive() and proc.exitcode == -signal.SIGKILL
+    done = ctx.Process(target=time.sleep, args=(0,))
+    done.start()
+    assert not _join_or_kill(done, 60) and done.exitcode == 0

@@ -23,6 +23,7 @@ from training.search.objective import owner_gone, worker_info
 from training.search.tracking import RUN_ATTR, StudyTracking
 
 log = logging.getLogger(__name__)
+HEARTBEAT_JOIN_SLACK_S = 30.0
 
 
 class StaleTrialHandler:
@@ -55,7 +56,11 @@ def fail_dead_trials(study: optuna.Study, storage: RDBStorage, handler: StaleTri
     * heartbeat-stale ones (Optuna's ``fail_stale_trials``; any host);
     * at once, those whose owner on this host is dead (pid gone or reused, or the host rebooted);
     * those that never got an owner or a heartbeat (the process died between ``ask`` and its
-      first write) once they are older than twice the grace period.
+      first write) once they are older than twice the grace period;
+    * at once, those owned by this very process: the caller runs no trial while it checks
+      (``fill`` calls this between trials), so such a trial was abandoned when the connection
+      dropped mid-trial and the worker reconnected. Waiting for its heartbeat to go stale
+      would only delay it, and a trial that never got a heartbeat would never go stale.
 
     Returns the study's trials as they are afterwards."""
     with warnings.catch_warnings():
@@ -69,7 +74,7 @@ def fail_dead_trials(study: optuna.Study, storage: RDBStorage, handler: StaleTri
     for t in (t for t in trials if t.state == TrialState.RUNNING):
         owner = t.user_attrs.get("worker")
         orphan = owner is None and t.datetime_start is not None and (now - t.datetime_start).total_seconds() > grace
-        if not orphan and not owner_gone(owner or {}, me):
+        if not orphan and owner != me and not owner_gone(owner or {}, me):
             continue
         try:  # FrozenTrial._trial_id: the storage key Optuna's own fail_stale_trials uses
             if storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
@@ -106,7 +111,12 @@ def heartbeat(storage: RDBStorage, trial: optuna.Trial) -> Iterator[None]:
         yield
     finally:
         stop.set()
-        thread.join()
+        # Bounded: a beat stuck in a dead connection must not hold the trial's result (the thread
+        # is a daemon, and the storage's own timeouts end the stuck call).
+        thread.join(interval + HEARTBEAT_JOIN_SLACK_S)
+        if thread.is_alive():
+            log.warning("heartbeat of trial %d still in the storage after %.0f s; leaving it behind",
+                        trial.number, interval + HEARTBEAT_JOIN_SLACK_S)
 
 
 @contextlib.contextmanager

@@ -125,11 +125,7 @@ def fill(handle: StudyHandle, data: TierData, n_trials: int, *, settings: Worker
             while True:
                 with (lock or contextlib.nullcontext)(), runner.storage_timer():
                     complete, running = _trial_counts(fail_dead_trials(study, storage, handle.handler))
-                    trial = _ask(study) if complete + running < n_trials else None
-                    if trial is not None:  # claim it at once: owner for dead-process checks, first heartbeat
-                        trial.set_user_attr("worker", worker_info())
-                        if storage.get_heartbeat_interval():
-                            storage.record_heartbeat(trial._trial_id)
+                    trial = _ask_and_claim(study, storage) if complete + running < n_trials else None
                 if complete >= n_trials:
                     break
                 if trial is None:  # the last slots are held by running trials that may still fail
@@ -171,10 +167,21 @@ def _claim(study: optuna.Study, storage: RDBStorage, n_trials: int,
         complete, running = _trial_counts(study.get_trials(deepcopy=False))
         if complete + running >= n_trials:
             return None
-        trial = _ask(study)
-        trial.set_user_attr("worker", worker_info())
-        if storage.get_heartbeat_interval():
-            storage.record_heartbeat(trial._trial_id)
+        return _ask_and_claim(study, storage)
+
+
+def _ask_and_claim(study: optuna.Study, storage: RDBStorage) -> optuna.Trial:
+    """Ask for a trial and claim it at once: first heartbeat, then owner (for dead-process checks).
+
+    The order matters when the connection drops between the writes. A trial with an owner but no
+    heartbeat would never go stale (Optuna judges only trials that have one), and an owner on
+    another host cannot be checked: the study would wait for it for ever. Heartbeat first, a
+    trial is always either beating or ownerless, and ownerless trials are failed after the grace.
+    """
+    trial = _ask(study)
+    if storage.get_heartbeat_interval():
+        storage.record_heartbeat(trial._trial_id)
+    trial.set_user_attr("worker", worker_info())
     return trial
 
 

@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 EXIT_OK, EXIT_ERROR, EXIT_BUG, EXIT_INTERRUPTED = 0, 2, 1, 130
 STOP_TIMEOUT_S = 120.0  # a worker ending its trial on SIGTERM (closing the MLflow run, re-queueing)
 _THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+EXIT_TIMEOUT_S = 60.0  # a worker that has sent its report (or closed its pipe) exiting
 
 
 # ---------------------------------------------------------------------- resources
@@ -295,9 +296,11 @@ def spawn_workers(spec: StudySpec, data: TierData | Callable[[], TierData], n_tr
                         code, message, reports, lock_s = reader.recv()
                         exits[plan.index] = WorkerExit(plan.index, proc.pid, code, message, reports, lock_s)
                     reader.close()
-                    proc.join()
                     e = exits[plan.index]
-                    e.exitcode = proc.exitcode  # the process's own status wins over what it sent
+                    if _join_or_kill(proc, EXIT_TIMEOUT_S) and e.exitcode is not None:
+                        echo(f"worker {plan.index} hung after reporting (exit {e.exitcode}); killed it")
+                    else:  # the process's own status wins over what it sent
+                        e.exitcode = proc.exitcode
                     if e.exitcode != EXIT_OK and not e.message:
                         e.message = f"exited with {_describe_exit(proc.exitcode)}"
     except KeyboardInterrupt:
@@ -305,6 +308,17 @@ def spawn_workers(spec: StudySpec, data: TierData | Callable[[], TierData], n_tr
         _stop(procs, stop_timeout_s)
         raise
     return [exits[i] for i in sorted(exits)]
+
+
+def _join_or_kill(proc: Any, timeout_s: float) -> bool:
+    """Wait for a worker that has closed its pipe; SIGKILL it if it is still alive after
+    ``timeout_s`` (stuck in interpreter shutdown). True if it had to be killed."""
+    proc.join(timeout_s)
+    if not proc.is_alive():
+        return False
+    proc.kill()
+    proc.join(5)
+    return True
 
 
 def _describe_exit(code: int | None) -> str:
