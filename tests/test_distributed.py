@@ -106,6 +106,40 @@ def test_password_in_params_file_is_refused_but_allowed_from_env():
     assert storage_url.normalize_storage_url("postgresql+psycopg://alice@h/hpo") == "postgresql+psycopg://alice@h/hpo"
 
 
+@pytest.mark.postgres
+def test_no_wait_on_postgresql_lasts_for_ever(pg_database, monkeypatch):
+    """Every storage session carries server-side bounds, so a row lock held by a session that
+    stopped mid-transaction ends the waiter's wait with an error the workers treat as a lost
+    connection (back off, reconnect, resume) instead of holding the study for ever."""
+    storage = sc.make_storage(pg_database, StorageConfig())
+    with storage.engine.connect() as conn:
+        shown = {name: conn.exec_driver_sql(f"SHOW {name}").scalar()
+                 for name in ("lock_timeout", "idle_in_transaction_session_timeout", "statement_timeout")}
+    assert shown == {"lock_timeout": "2min", "idle_in_transaction_session_timeout": "5min",
+                     "statement_timeout": "10min"}
+    with sc._lock_engine(sc.normalize_storage_url(pg_database)).connect() as conn:
+        assert conn.exec_driver_sql("SHOW lock_timeout").scalar() == "2min"
+
+    monkeypatch.setattr(sc, "PG_SESSION_OPTIONS", "-c lock_timeout=1s")
+    quick = sc.make_storage(pg_database, StorageConfig())
+    study_id = quick.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "locked")
+    holder = pg_fixtures._admin_connection(pg_database)
+    holder.autocommit = False
+    try:
+        holder.execute("LOCK TABLE studies IN ACCESS EXCLUSIVE MODE")  # and then it stops, mid-transaction
+        started = time.monotonic()
+        with pytest.raises(optuna.exceptions.StorageInternalError) as info:  # Optuna wraps the driver's error
+            quick.set_study_user_attr(study_id, "k", "v")
+        assert time.monotonic() - started < 30
+        assert isinstance(info.value.__cause__ or info.value.__context__, sqlalchemy.exc.OperationalError)
+        assert "lock timeout" in str(info.value.__cause__ or info.value.__context__)
+        assert is_connection_loss(info.value)
+    finally:
+        holder.close()
+    quick.set_study_user_attr(study_id, "k", "v")  # the lock gone, the same storage carries on
+    assert quick.get_study_user_attrs(study_id) == {"k": "v"}
+
+
 def test_plan_workers_splits_cores_into_disjoint_pinned_sets():
     plans = plan_workers(2, cpus=[0, 1, 2, 3, 4])
     assert [(p.index, p.threads, p.cpus) for p in plans] == [(0, 2, (0, 1)), (1, 2, (2, 3))]

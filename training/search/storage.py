@@ -52,6 +52,20 @@ if TYPE_CHECKING:
     from training.search.config import StorageConfig
 
 CONNECT_TIMEOUT_S = 5
+# No wait on PostgreSQL may last for ever: a worker blocked on a row lock held by a session that
+# died mid-transaction, or on a socket whose server vanished without a reset, would hold its
+# study (and the local run waiting for it) until someone kills it. Each bound turns such a wait
+# into an OperationalError, which a worker treats as a lost connection: it backs off, reconnects
+# and resumes (``reconnect.is_connection_loss``). The bounds are minutes, far above any of
+# Optuna's short transactions.
+PG_SESSION_OPTIONS = ("-c lock_timeout=120s -c idle_in_transaction_session_timeout=300s "
+                      "-c statement_timeout=600s")
+PG_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+
+
+def pg_connect_args(connect_timeout_s: float = CONNECT_TIMEOUT_S) -> dict[str, Any]:
+    """libpq arguments for every tierhpo connection to PostgreSQL (see ``PG_SESSION_OPTIONS``)."""
+    return {"connect_timeout": connect_timeout_s, "options": PG_SESSION_OPTIONS, **PG_KEEPALIVES}
 
 
 def _first_line(exc: BaseException) -> str:
@@ -115,7 +129,7 @@ def _is_operational(exc: BaseException) -> bool:
 def _engine(url: str):
     import sqlalchemy
 
-    connect_args = {"connect_timeout": CONNECT_TIMEOUT_S} if is_postgres(url) else {}
+    connect_args = pg_connect_args() if is_postgres(url) else {}
     return sqlalchemy.create_engine(url, connect_args=connect_args, poolclass=sqlalchemy.pool.NullPool)
 
 
@@ -189,7 +203,7 @@ def _lock_engine(url: str):
     if key not in _LOCK_ENGINES:
         _LOCK_ENGINES[key] = sqlalchemy.create_engine(
             url, pool_size=1, max_overflow=4, pool_pre_ping=True,
-            connect_args={"connect_timeout": CONNECT_TIMEOUT_S},
+            connect_args=pg_connect_args(),
         )
     return _LOCK_ENGINES[key]
 
@@ -290,7 +304,7 @@ def make_storage(url: str, cfg: StorageConfig,
     if url.startswith("sqlite"):
         engine_kwargs = {"connect_args": {"timeout": 60}}  # wait for another worker's write lock
     else:
-        engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
+        engine_kwargs = {"pool_pre_ping": True, "connect_args": pg_connect_args(10)}
 
     def build() -> RDBStorage:
         if url.startswith("sqlite"):
