@@ -220,7 +220,7 @@ def measure(quick: bool) -> dict[str, Any]:
 
 
 def _available_cpus() -> list[int]:
-    from training.search.workers import available_cpus
+    from common.threads import available_cpus
 
     return available_cpus()
 

@@ -169,7 +169,7 @@ def resolve_workers(requested: int, trials: int, cores: int | None = None) -> in
     if requested:
         return requested
     if cores is None:
-        from training.search.workers import available_cpus
+        from common.threads import available_cpus
 
         cores = len(available_cpus())
     return max(1, min(cores, trials))

@@ -29,6 +29,7 @@ from pg_fixtures import database_exists, database_url, free_port, set_connection
 
 from common.errors import TierHpoError
 from common.redact import redact
+from common.threads import available_cpus
 from training.search import storage as sc
 from training.search import storage_url
 from training.search import workers as workers_module
@@ -36,7 +37,7 @@ from training.search.config import StorageConfig
 from training.search.space import ParamConfig
 from training.search.study import StudySpec, WorkerSettings, build_engine, open_study
 from training.search.tracking import PARENT_ATTR, PARENT_TAG, RUN_ATTR, TRIAL_TAG
-from training.search.workers import Backoff, available_cpus, is_connection_loss, plan_workers, run_workers
+from training.search.workers import Backoff, is_connection_loss, plan_workers, run_workers
 
 # Fixtures, used by parameter name.
 postgres_server = pg_fixtures.postgres_server

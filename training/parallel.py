@@ -17,23 +17,18 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
-import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from common.errors import TierHpoError
-
-_THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+from common.threads import available_cpus, pin_threads
 
 
 def available_cores() -> int:
     """The CPUs this process may run on (taskset/cgroup cpusets included)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    return len(available_cpus())
 
 
 def pool_size(requested: int, n_jobs: int, cores: int | None = None) -> int:
@@ -44,15 +39,9 @@ def pool_size(requested: int, n_jobs: int, cores: int | None = None) -> int:
 
 
 def _one_thread(preload: tuple[str, ...] = ()) -> None:
-    for name in _THREAD_ENV:
-        os.environ[name] = "1"
     import importlib
 
-    import torch
-
-    torch.set_num_threads(1)
-    with contextlib.suppress(RuntimeError):  # settable only before inter-op work started
-        torch.set_num_interop_threads(1)
+    pin_threads(1)
     for module in preload:
         importlib.import_module(module)
 

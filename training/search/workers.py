@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from common.errors import TierHpoError
 from common.redact import redact
+from common.threads import available_cpus, pin_threads
 from training.search import storage as sc
 from training.search.reconnect import Backoff, LockTimer, is_connection_loss, storage_down, wait_for_storage
 
@@ -59,7 +60,6 @@ log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_ERROR, EXIT_BUG, EXIT_INTERRUPTED = 0, 2, 1, 130
 STOP_TIMEOUT_S = 120.0  # a worker ending its trial on SIGTERM (closing the MLflow run, re-queueing)
-_THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 EXIT_TIMEOUT_S = 60.0  # a worker that has sent its report (or closed its pipe) exiting
 
 
@@ -71,14 +71,6 @@ class WorkerPlan:
     index: int  # global worker index (unique across machines with index_offset; sampling is seeded per trial)
     threads: int  # torch intra-op threads
     cpus: tuple[int, ...] | None  # CPU affinity, or None to leave it to the OS
-
-
-def available_cpus() -> list[int]:
-    """The CPUs this process may run on (honours taskset/cgroup cpusets, unlike ``os.cpu_count``)."""
-    try:
-        return sorted(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return list(range(os.cpu_count() or 1))
 
 
 def plan_workers(n_workers: int, cpus: list[int] | None = None, *, pin: bool = True,
@@ -100,16 +92,7 @@ def plan_workers(n_workers: int, cpus: list[int] | None = None, *, pin: bool = T
 
 def pin_process(plan: WorkerPlan) -> None:
     """Apply ``plan`` to this process (call before torch runs anything)."""
-    for name in _THREAD_ENV:
-        os.environ[name] = str(plan.threads)
-    if plan.cpus is not None:
-        with contextlib.suppress(AttributeError, OSError):
-            os.sched_setaffinity(0, plan.cpus)
-    import torch
-
-    torch.set_num_threads(plan.threads)
-    with contextlib.suppress(RuntimeError):  # only settable before the first inter-op parallel work
-        torch.set_num_interop_threads(1)
+    pin_threads(plan.threads, plan.cpus)
 
 
 def run_worker_resilient(spec: StudySpec, data: TierData, n_trials: int, url: str, *,
