@@ -54,10 +54,14 @@ def registered(tmp_path_factory):
         spec = ServingSpec(model_config=cfg.to_dict(), feature_names=cols, mean=feats.mean().tolist(),
                            std=std.tolist(), context_len=L, calibrator=Calibrator("sigmoid", {"a": -1.0, "b": 0.1}).to_dict(),
                            info={"tier": TIER, "budget": "1K", "horizon": 1})
-        with paths.mlflow_fluent_tracking() as uri, mlflow.start_run():
-            info = mlflow.pyfunc.log_model(name="model", **model_kwargs(spec, weights, root / "staging"))
+        with paths.mlflow_fluent_tracking() as uri:
+            client = mlflow.MlflowClient(uri)
+            # Its own experiment: MLflow's Default one keeps artifacts in ./mlruns of the current directory.
+            experiment = client.create_experiment("predict-test", artifact_location=paths.mlflow_artifact_root())
+            with mlflow.start_run(experiment_id=experiment):
+                info = mlflow.pyfunc.log_model(name="model", **model_kwargs(spec, weights, root / "staging"))
             mv = mlflow.register_model(info.model_uri, NAME, tags={"tier": TIER, "horizon": "1", "symbol": "SYN"})
-            mlflow.MlflowClient(uri).set_registered_model_alias(NAME, "champion", mv.version)
+            client.set_registered_model_alias(NAME, "champion", mv.version)
     return root
 
 
