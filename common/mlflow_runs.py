@@ -19,7 +19,6 @@ from common.errors import TierHpoError
 from common.redact import redact
 
 PARENT_TAG = "mlflow.parentRunId"
-BATCH = 1000  # MLflow's log_batch limit on metrics (and on metrics + params + tags)
 _taken: dict[str, str] = {}  # MLFLOW_RUN_ID once a stage run took it from the environment (see below)
 
 
@@ -38,12 +37,21 @@ def parent_run(client: Any) -> tuple[str | None, str | None]:
 
 
 def log_batch(client: Any, run_id: str, metrics: list[Any] = (), params: list[Any] = (), tags: list[Any] = ()) -> None:
-    """``client.log_batch`` in chunks that respect MLflow's limits (params and tags go first)."""
-    rows = [("p", p) for p in params] + [("t", t) for t in tags] + [("m", m) for m in metrics]
-    for start in range(0, len(rows), BATCH):
-        chunk = rows[start:start + BATCH]
-        client.log_batch(run_id, metrics=[r for k, r in chunk if k == "m"], params=[r for k, r in chunk if k == "p"],
-                         tags=[r for k, r in chunk if k == "t"])
+    """``client.log_batch`` in as few requests as MLflow's per-request limits allow (params and
+    tags go first). Each request costs tens of ms on a SQLite store whatever its size, so every
+    tierhpo run logs through this one place."""
+    from mlflow.utils import validation as limits
+
+    per_kind = {"params": limits.MAX_PARAMS_TAGS_PER_BATCH, "tags": limits.MAX_PARAMS_TAGS_PER_BATCH,
+                "metrics": limits.MAX_METRICS_PER_BATCH}
+    items = {"params": list(params), "tags": list(tags), "metrics": list(metrics)}
+    while any(items.values()):
+        room, chunk = limits.MAX_ENTITIES_PER_BATCH, {}
+        for kind, values in items.items():
+            take = min(len(values), per_kind[kind], room)
+            chunk[kind], items[kind] = values[:take], values[take:]
+            room -= take
+        client.log_batch(run_id, **chunk)
 
 
 def create_stage_run(client: Any, experiment_id: str, stage: str, run_name: str,

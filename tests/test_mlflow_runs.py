@@ -46,3 +46,29 @@ def test_a_bad_mlflow_run_id_is_one_line_and_a_stage_run_always_ends(client, mon
     with mlflow_runs.stage_run(client, exp, "select", "select-h1") as ok:
         pass
     assert client.get_run(ok).info.status == "FINISHED"
+
+
+def test_log_batch_splits_at_mlflows_limits_in_as_few_requests_as_they_allow(client):
+    """250 params, 150 tags and 1,200 metrics: more params than one request may carry (100). All
+    arrive, in 3 requests (the params' own lower bound), each within the limits. A SQLite store
+    takes an oversized request; an MLflow tracking server refuses it, so the count is checked."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    run_id = client.create_run(client.create_experiment("tier")).info.run_id
+    sent = []
+    real = client.log_batch
+
+    def counting(run_id, **kwargs):
+        sent.append({k: len(v) for k, v in kwargs.items()})
+        return real(run_id, **kwargs)
+
+    client.log_batch = counting
+    mlflow_runs.log_batch(client, run_id,
+                          metrics=[Metric(f"val/m{i}", float(i), 0, 0) for i in range(1200)],
+                          params=[Param(f"p{i}", str(i)) for i in range(250)],
+                          tags=[RunTag(f"t{i}", str(i)) for i in range(150)])
+    data = client.get_run(run_id).data
+    assert len(data.params) == 250 and len(data.metrics) == 1200
+    assert {f"t{i}" for i in range(150)} <= set(data.tags)
+    assert len(sent) == 3
+    assert all(s["params"] <= 100 and s["tags"] <= 100 and sum(s.values()) <= 1000 for s in sent)

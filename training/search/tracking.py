@@ -45,6 +45,7 @@ from mlflow.exceptions import MlflowException
 
 from common import paths, store_init
 from common.errors import TierHpoError
+from common.mlflow_runs import log_batch
 
 if TYPE_CHECKING:  # annotations only; the client comes from store_init.mlflow_client
     from mlflow.tracking import MlflowClient
@@ -58,8 +59,6 @@ TRIAL_TAG = "tierhpo.trial_number"
 PARENT_ATTR = "mlflow_parent_run_id"  # study user attr
 EXPERIMENT_ATTR = "mlflow_experiment_id"
 RUN_ATTR = "mlflow_run_id"  # trial user attr
-_BATCH = {"metrics": 1000, "params": 100, "tags": 100}  # MLflow's per-request limits
-_BATCH_TOTAL = 1000
 BEST_PREFIX = "best/"  # best-epoch summary metrics: best/val/auc, ...; per-epoch curves keep val/auc
 # What the MLflow 3 UI reads to choose an experiment's view (mlflow/server/js: ExperimentKind).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -279,24 +278,12 @@ class StudyTracking:
 
     def _log_batch(self, run_id: str, metrics: Mapping[str, float] | list[Metric] | None = None,
                    params: Mapping[str, str] | None = None, tags: Mapping[str, str] | None = None) -> None:
-        """One ``log_batch`` request when MLflow's limits allow (each request costs tens of ms on a
-        SQLite store, whatever its size), else as few as the limits allow."""
         if isinstance(metrics, Mapping):
             stamp = _now_ms()
             metrics = [Metric(k, float(v), stamp, 0) for k, v in metrics.items()]
-        items = {
-            "metrics": list(metrics or []),
-            "params": [Param(k, v) for k, v in (params or {}).items()],
-            "tags": [RunTag(k, _str(v)) for k, v in (tags or {}).items()],
-        }
-        while any(items.values()):
-            room = _BATCH_TOTAL
-            chunk = {}
-            for kind, values in items.items():
-                take = min(len(values), _BATCH[kind], room)
-                chunk[kind], items[kind] = values[:take], values[take:]
-                room -= take
-            self.client.log_batch(run_id, **chunk)
+        log_batch(self.client, run_id, metrics=list(metrics or []),
+                  params=[Param(k, v) for k, v in (params or {}).items()],
+                  tags=[RunTag(k, _str(v)) for k, v in (tags or {}).items()])
 
 
 class TrialRun:
