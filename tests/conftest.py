@@ -19,6 +19,28 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _repo_store_files() -> dict[str, int]:
+    """Every file under the repository's own stores (``stores/``, MLflow's ``./mlruns``), with its mtime."""
+    return {str(f): f.stat().st_mtime_ns for name in ("stores", "mlruns") if (REPO / name).is_dir()
+            for f in (REPO / name).rglob("*") if f.is_file()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def repo_stores_untouched(tmp_path_factory):
+    """Session-wide fallback stores, so set-up that runs before ``isolated_stores`` (a module
+    fixture) cannot write the user's own; and a check at the end that nothing did."""
+    before = _repo_store_files()
+    stores = tmp_path_factory.mktemp("session-stores")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TIERHPO_STORE_DIR", str(stores))
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{stores / 'mlflow.db'}")
+        mp.setenv("TIERHPO_OPTUNA_STORAGE", f"sqlite:///{stores / 'optuna.db'}")
+        yield
+    changed = sorted(f for f, mtime in _repo_store_files().items() if before.get(f) != mtime)
+    if changed:
+        pytest.fail(f"tests wrote {len(changed)} file(s) into the repository's own stores, e.g. {changed[0]}")
+
+
 @pytest.fixture(autouse=True)
 def isolated_stores(tmp_path, monkeypatch):
     """Point MLflow and Optuna at fresh stores so no test touches the repo's own."""
