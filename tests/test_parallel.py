@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.parallel import pool_size, run_one_thread
+from training.parallel import OneThreadPool, pool_size
 
 
 def test_pool_size_is_one_per_core_and_never_more_than_the_jobs():
@@ -21,14 +21,15 @@ def test_pool_size_is_one_per_core_and_never_more_than_the_jobs():
 def test_jobs_run_on_one_thread_and_come_back_in_job_order(workers):
     before = torch.get_num_threads()
     jobs = [(n,) for n in (5, 1, 3)]
-    got = list(run_one_thread(_threads_and_square, jobs, workers=workers, cost=[1.0, 9.0, 3.0]))
+    with OneThreadPool(workers, len(jobs)) as pool:
+        got = list(pool.map(_threads_and_square, jobs, cost=[1.0, 9.0, 3.0]))
     assert got == [(1, 25), (1, 1), (1, 9)]  # job order, not start order; one thread everywhere
     assert torch.get_num_threads() == before  # the in-process path restores this process's threads
 
 
 def test_a_failing_job_is_raised_here_with_its_message():
-    with pytest.raises(ValueError, match="invalid literal"):
-        list(run_one_thread(int, [("3",), ("x",), ("4",)], workers=2))
+    with pytest.raises(ValueError, match="invalid literal"), OneThreadPool(2) as pool:
+        list(pool.map(int, [("3",), ("x",), ("4",)]))
 
 
 def _threads_and_square(n: int) -> tuple[int, int]:
@@ -38,8 +39,8 @@ def _threads_and_square(n: int) -> tuple[int, int]:
 def test_a_worker_that_dies_is_one_clear_error():
     from common.errors import TierHpoError
 
-    with pytest.raises(TierHpoError, match="a training process died"):
-        list(run_one_thread(_die, [(1,), (2,)], workers=2))
+    with pytest.raises(TierHpoError, match="a training process died"), OneThreadPool(2) as pool:
+        list(pool.map(_die, [(1,), (2,)]))
 
 
 def _die(n: int) -> None:
@@ -50,8 +51,6 @@ def _die(n: int) -> None:
 
 def test_the_pool_starts_its_processes_before_any_job_and_runs_them_on_one_thread():
     import multiprocessing as mp
-
-    from training.parallel import OneThreadPool
 
     before = len(mp.active_children())
     with OneThreadPool(2, preload=("training.batched",)) as pool:

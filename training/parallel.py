@@ -104,10 +104,3 @@ class OneThreadPool:
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
-
-
-def run_one_thread(fn: Callable[..., Any], jobs: Sequence[tuple], *, workers: int,
-                   cost: Sequence[float] | None = None) -> Iterator[Any]:
-    """:meth:`OneThreadPool.map` on a pool of ``workers`` (0 = one per core, at most one per job)."""
-    with OneThreadPool(workers, len(jobs)) as pool:
-        yield from pool.map(fn, jobs, cost)
