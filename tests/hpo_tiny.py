@@ -4,6 +4,7 @@ epochs), shared by the engine tests and the subprocesses of the crash tests."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import optuna
 import pytest
@@ -69,10 +70,16 @@ def store_templates(tmp_path_factory):
     return root
 
 
+def stores_from_templates(templates: Path, root: Path) -> tuple[str, str]:
+    """Copies of the template stores in ``root``: ``(optuna storage URL, MLflow tracking URI)``."""
+    for name in ("mlflow.db", "optuna.db"):
+        shutil.copyfile(templates / name, root / name)
+    return f"sqlite:///{root / 'optuna.db'}", f"sqlite:///{root / 'mlflow.db'}"
+
+
 @pytest.fixture(autouse=True)
 def fresh_stores_from_templates(store_templates, isolated_stores):
-    for name in ("mlflow.db", "optuna.db"):
-        shutil.copyfile(store_templates / name, isolated_stores / name)
+    stores_from_templates(store_templates, isolated_stores)
 
 
 def child_runs(client: MlflowClient, parent_id: str):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing
-import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from hpo_tiny import (  # noqa: F401  (fixtures are used by name)
     fresh_stores_from_templates,
     settings,
     store_templates,
+    stores_from_templates,
     tiny_data,
     tiny_spec,
 )
@@ -55,9 +55,7 @@ BEST_KEYS = {"study_name", "storage", "tier", "budget", "budget_params", "horizo
 def finished(tmp_path_factory, store_templates):  # noqa: F811
     """A 3-trial study (2 forced) plus an enqueued duplicate of trial 0, run to 4 COMPLETE trials."""
     root = tmp_path_factory.mktemp("hpo")
-    for name in ("mlflow.db", "optuna.db"):
-        shutil.copyfile(store_templates / name, root / name)
-    storage, mlflow_uri = f"sqlite:///{root / 'optuna.db'}", f"sqlite:///{root / 'mlflow.db'}"
+    storage, mlflow_uri = stores_from_templates(store_templates, root)
     data = tiny_data()
     spec = tiny_spec(data)
     run_study(spec, data, 3, storage, settings=settings(mlflow_uri), plots=False)
@@ -244,9 +242,7 @@ def test_a_trial_this_process_abandoned_is_requeued_at_once(tmp_path, store_temp
     live process and without a heartbeat: Optuna never calls such a trial stale, so every worker
     waited for it for ever (CI hung 75 minutes in the outage test). The worker that reconnects is
     that owner, and it fails and re-queues its abandoned trial before asking for the next one."""
-    for name in ("mlflow.db", "optuna.db"):
-        shutil.copyfile(store_templates / name, tmp_path / name)
-    storage, mlflow_uri = f"sqlite:///{tmp_path / 'optuna.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    storage, mlflow_uri = stores_from_templates(store_templates, tmp_path)
     data = tiny_data()
     spec = tiny_spec(data)
     run_study(spec, data, 1, storage, settings=settings(mlflow_uri), plots=False)
