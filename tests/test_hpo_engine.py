@@ -261,31 +261,36 @@ def test_a_trial_this_process_abandoned_is_requeued_at_once(tmp_path, store_temp
     assert retry.user_attrs["phase"] == trials[lost.number].user_attrs["phase"]  # still the forced extreme
 
 
-def test_a_heartbeat_stuck_in_the_storage_does_not_hold_the_trial(monkeypatch):
-    from types import SimpleNamespace
-
+def test_a_heartbeat_stuck_in_the_storage_does_not_hold_the_trial(tmp_path, monkeypatch, caplog):
+    """A beat that never comes back (a dead connection) must not hold the trial's result: the
+    join is bounded, and the trial is told on the same, real storage."""
     from training.search import liveness
 
-    release = threading.Event()
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_interval=1)
+    study = optuna.create_study(storage=storage, study_name="stuck")
+    trial = study.ask()
+    release, entered = threading.Event(), threading.Event()
 
-    class StuckStorage:
-        def get_heartbeat_interval(self):
-            return 0.05
+    def stuck(trial_id):  # fault injection: the storage call blocks until the test lets it go
+        entered.set()
+        release.wait(60)
 
-        def record_heartbeat(self, trial_id):
-            release.wait(60)  # a call that never comes back (until the test lets it go)
-
+    monkeypatch.setattr(storage, "record_heartbeat", stuck)
     monkeypatch.setattr(liveness, "HEARTBEAT_JOIN_SLACK_S", 0.2)
     started = time.monotonic()
     try:
-        with liveness.heartbeat(StuckStorage(), SimpleNamespace(_trial_id=7, number=3)):
-            pass
+        with liveness.heartbeat(storage, trial):
+            assert entered.wait(5)
         assert time.monotonic() - started < 5
+        assert "still in the storage" in caplog.text
+        study.tell(trial, 0.5)
+        assert study.trials[0].state == TrialState.COMPLETE
     finally:
         release.set()
 
 
-def test_a_worker_hung_after_its_report_is_killed_and_its_report_kept():
+def test_a_worker_hung_at_exit_is_killed_and_a_finished_one_joined():
+    """The bounded join after a worker's report: a process stuck in its exit is SIGKILLed."""
     from training.search.workers import _join_or_kill
 
     ctx = multiprocessing.get_context("spawn")
