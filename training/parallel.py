@@ -26,16 +26,12 @@ from common.errors import TierHpoError
 from common.threads import available_cpus, pin_threads
 
 
-def available_cores() -> int:
-    """The CPUs this process may run on (taskset/cgroup cpusets included)."""
-    return len(available_cpus())
-
-
 def pool_size(requested: int, n_jobs: int, cores: int | None = None) -> int:
-    """Worker processes for ``n_jobs`` jobs: ``requested``, or for 0 one per core; at most ``n_jobs``."""
+    """Worker processes for ``n_jobs`` jobs: ``requested``, or for 0 one per core this process may
+    use (taskset/cgroup cpusets included); at most ``n_jobs``."""
     if requested < 0:
         raise ValueError(f"workers must be >= 0 (0 = one per core), got {requested}")
-    return max(1, min(requested or (cores or available_cores()), n_jobs))
+    return max(1, min(requested or (cores or len(available_cpus())), n_jobs))
 
 
 def _one_thread(preload: tuple[str, ...] = ()) -> None:
