@@ -19,6 +19,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def use_stores(mp: pytest.MonkeyPatch, stores: Path) -> None:
+    """MLflow, Optuna and tierhpo's store folder, all in ``stores``."""
+    mp.setenv("TIERHPO_STORE_DIR", str(stores))
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{stores / 'mlflow.db'}")
+    mp.setenv("TIERHPO_OPTUNA_STORAGE", f"sqlite:///{stores / 'optuna.db'}")
+
+
 def _repo_store_files() -> dict[str, int]:
     """Every file under the repository's own stores (``stores/``, MLflow's ``./mlruns``), with its mtime."""
     return {str(f): f.stat().st_mtime_ns for name in ("stores", "mlruns") if (REPO / name).is_dir()
@@ -32,9 +39,7 @@ def repo_stores_untouched(tmp_path_factory):
     before = _repo_store_files()
     stores = tmp_path_factory.mktemp("session-stores")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TIERHPO_STORE_DIR", str(stores))
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{stores / 'mlflow.db'}")
-        mp.setenv("TIERHPO_OPTUNA_STORAGE", f"sqlite:///{stores / 'optuna.db'}")
+        use_stores(mp, stores)
         yield
     changed = sorted(f for f, mtime in _repo_store_files().items() if before.get(f) != mtime)
     if changed:
@@ -46,9 +51,7 @@ def isolated_stores(tmp_path, monkeypatch):
     """Point MLflow and Optuna at fresh stores so no test touches the repo's own."""
     stores = tmp_path / "stores"
     stores.mkdir()
-    monkeypatch.setenv("TIERHPO_STORE_DIR", str(stores))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{stores / 'mlflow.db'}")
-    monkeypatch.setenv("TIERHPO_OPTUNA_STORAGE", f"sqlite:///{stores / 'optuna.db'}")
+    use_stores(monkeypatch, stores)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     from common import mlflow_runs

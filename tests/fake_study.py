@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import use_stores
 from shrink import shrink, train_config
 
 from common import paths
@@ -36,9 +37,7 @@ def point_at(root: Path, monkeypatch: Any) -> None:
     """Use the MLflow/Optuna stores under ``root`` (shared by the tests of one module)."""
     stores = root / "stores"
     stores.mkdir(parents=True, exist_ok=True)
-    monkeypatch.setenv("TIERHPO_STORE_DIR", str(stores))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{stores / 'mlflow.db'}")
-    monkeypatch.setenv("TIERHPO_OPTUNA_STORAGE", f"sqlite:///{stores / 'optuna.db'}")
+    use_stores(monkeypatch, stores)
 
 
 def tiny_tier(seed: int = 0) -> TierData:

@@ -13,6 +13,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+from conftest import use_stores
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -37,11 +38,8 @@ def run_app(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
 
 
 def point_at(monkeypatch, stores) -> str:
-    uri = f"sqlite:///{stores / 'mlflow.db'}"
-    monkeypatch.setenv("TIERHPO_STORE_DIR", str(stores))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("TIERHPO_OPTUNA_STORAGE", f"sqlite:///{stores / 'optuna.db'}")
-    return uri
+    use_stores(monkeypatch, stores)
+    return f"sqlite:///{stores / 'mlflow.db'}"
 
 
 def load_and_predict(uri: str) -> list[float]:
